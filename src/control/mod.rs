@@ -1,0 +1,1 @@
+//! The control plane through `aws-sdk-iot` (placeholder; being written).

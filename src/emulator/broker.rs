@@ -1,0 +1,1 @@
+//! The MQTT broker (placeholder; being written).

@@ -1,0 +1,1 @@
+//! The emulator's certificate authority (placeholder; being written).

@@ -1,0 +1,516 @@
+//! The emulator's registry: certificates with their status, things,
+//! policies, principal attachments and provisioning templates.
+//!
+//! It is the one source of truth that the TLS handshake, the broker's policy
+//! checks, Fleet Provisioning and the control-plane API all read and write.
+//! A certificate leaving ACTIVE is announced on a broadcast channel so that
+//! the broker can close that certificate's live connections.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+use super::policy::PolicyDocument;
+
+/// The statuses AWS IoT gives a certificate. Only `Active` authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertificateStatus {
+    Active,
+    Inactive,
+    Revoked,
+    PendingActivation,
+}
+
+impl CertificateStatus {
+    /// AWS's wire name (`ACTIVE`, `REVOKED`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertificateStatus::Active => "ACTIVE",
+            CertificateStatus::Inactive => "INACTIVE",
+            CertificateStatus::Revoked => "REVOKED",
+            CertificateStatus::PendingActivation => "PENDING_ACTIVATION",
+        }
+    }
+
+    /// Parses AWS's wire name, case-insensitively, as templates accept
+    /// both `Active` and `ACTIVE`.
+    pub fn parse(text: &str) -> Option<CertificateStatus> {
+        match text.to_ascii_uppercase().as_str() {
+            "ACTIVE" => Some(CertificateStatus::Active),
+            "INACTIVE" => Some(CertificateStatus::Inactive),
+            "REVOKED" => Some(CertificateStatus::Revoked),
+            "PENDING_ACTIVATION" => Some(CertificateStatus::PendingActivation),
+            _ => None,
+        }
+    }
+}
+
+/// A certificate the emulator has issued or registered.
+#[derive(Debug, Clone)]
+pub struct CertificateRecord {
+    /// Lowercase hex SHA-256 of the DER encoding, as AWS computes it.
+    pub id: String,
+    pub arn: String,
+    pub pem: String,
+    pub status: CertificateStatus,
+    pub created_at: SystemTime,
+    pub last_modified: SystemTime,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// Things this certificate is attached to (non-exclusive).
+    pub things: BTreeSet<String>,
+    /// Names of the policies attached to this certificate.
+    pub policies: BTreeSet<String>,
+}
+
+/// What the registry needs to know about a new certificate.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    pub id: String,
+    pub pem: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub status: CertificateStatus,
+}
+
+#[derive(Debug, Clone)]
+pub struct ThingRecord {
+    pub name: String,
+    pub id: String,
+    pub arn: String,
+    pub attributes: BTreeMap<String, String>,
+    /// Ids of the certificates attached to this thing.
+    pub principals: BTreeSet<String>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub arn: String,
+    pub document: String,
+    pub parsed: Arc<PolicyDocument>,
+    pub created_at: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplateRecord {
+    pub name: String,
+    pub arn: String,
+    pub description: String,
+    pub body: String,
+    pub enabled: bool,
+    pub provisioning_role_arn: String,
+    pub created_at: SystemTime,
+    pub last_modified: SystemTime,
+}
+
+/// A change other parts of the emulator must react to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateEvent {
+    /// The certificate may no longer authenticate; close its connections.
+    Deactivated { certificate_id: String },
+}
+
+/// Why a registry operation was refused; maps onto AWS's error codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("certificate {id} cannot move from {from} to {to}")]
+    InvalidTransition {
+        id: String,
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("malformed policy {name}: {reason}")]
+    MalformedPolicy { name: String, reason: String },
+    #[error("certificate {id} already has {limit} policies attached")]
+    PolicyLimit { id: String, limit: usize },
+}
+
+/// AWS allows at most this many policies on one certificate.
+pub const MAX_POLICIES_PER_CERTIFICATE: usize = 10;
+
+#[derive(Default)]
+struct State {
+    certificates: HashMap<String, CertificateRecord>,
+    things: HashMap<String, ThingRecord>,
+    policies: HashMap<String, PolicyRecord>,
+    templates: HashMap<String, TemplateRecord>,
+}
+
+/// The shared registry. Cheap to clone through `Arc`; every method takes
+/// the lock for a short, non-async critical section.
+pub struct Registry {
+    region: String,
+    account: String,
+    state: Mutex<State>,
+    events: broadcast::Sender<CertificateEvent>,
+}
+
+impl Registry {
+    pub fn new(region: &str, account: &str) -> Registry {
+        let (events, _) = broadcast::channel(4096);
+        Registry {
+            region: region.to_owned(),
+            account: account.to_owned(),
+            state: Mutex::new(State::default()),
+            events,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// `arn:aws:iot:<region>:<account>:<kind>/<name>`.
+    pub fn arn(&self, kind: &str, name: &str) -> String {
+        format!("arn:aws:iot:{}:{}:{kind}/{name}", self.region, self.account)
+    }
+
+    /// Extracts the certificate id from a certificate ARN.
+    pub fn certificate_id_from_arn(arn: &str) -> Option<&str> {
+        let (_, id) = arn.rsplit_once(":cert/")?;
+        Some(id)
+    }
+
+    pub fn subscribe_events(&self) -> broadcast::Receiver<CertificateEvent> {
+        self.events.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; no
+        // invariant spans two fields, so recovering the guard is sound.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ---- certificates ----
+
+    pub fn insert_certificate(&self, new: NewCertificate) -> CertificateRecord {
+        let now = SystemTime::now();
+        let record = CertificateRecord {
+            arn: self.arn("cert", &new.id),
+            id: new.id,
+            pem: new.pem,
+            status: new.status,
+            created_at: now,
+            last_modified: now,
+            not_before: new.not_before,
+            not_after: new.not_after,
+            things: BTreeSet::new(),
+            policies: BTreeSet::new(),
+        };
+        let mut state = self.lock();
+        state.certificates.insert(record.id.clone(), record.clone());
+        record
+    }
+
+    pub fn certificate(&self, id: &str) -> Option<CertificateRecord> {
+        self.lock().certificates.get(id).cloned()
+    }
+
+    pub fn certificate_status(&self, id: &str) -> Option<CertificateStatus> {
+        self.lock().certificates.get(id).map(|c| c.status)
+    }
+
+    /// Sets a certificate's status; leaving ACTIVE is announced so that live
+    /// connections using it are closed. Only ACTIVE, INACTIVE and REVOKED
+    /// can be set, and a REVOKED certificate stays revoked.
+    pub fn set_certificate_status(
+        &self,
+        id: &str,
+        status: CertificateStatus,
+    ) -> Result<(), RegistryError> {
+        let previous = {
+            let mut state = self.lock();
+            let cert = state
+                .certificates
+                .get_mut(id)
+                .ok_or_else(|| not_found("certificate", id))?;
+            let previous = cert.status;
+            let allowed = match (previous, status) {
+                (_, CertificateStatus::PendingActivation) => false,
+                (CertificateStatus::Revoked, s) => s == CertificateStatus::Revoked,
+                _ => true,
+            };
+            if !allowed {
+                return Err(RegistryError::InvalidTransition {
+                    id: id.to_owned(),
+                    from: previous.as_str(),
+                    to: status.as_str(),
+                });
+            }
+            cert.status = status;
+            cert.last_modified = SystemTime::now();
+            previous
+        };
+        if previous == CertificateStatus::Active && status != CertificateStatus::Active {
+            // No receiver simply means no broker is running.
+            let _ = self.events.send(CertificateEvent::Deactivated {
+                certificate_id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a certificate that has been issued but never activated or
+    /// attached (its ownership token expired).
+    pub fn remove_unclaimed_certificate(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        let unclaimed = state.certificates.get(id).is_some_and(|c| {
+            c.status == CertificateStatus::PendingActivation
+                && c.things.is_empty()
+                && c.policies.is_empty()
+        });
+        if unclaimed {
+            state.certificates.remove(id);
+        }
+        unclaimed
+    }
+
+    pub fn certificate_count(&self) -> usize {
+        self.lock().certificates.len()
+    }
+
+    pub fn certificates(&self) -> Vec<CertificateRecord> {
+        self.lock().certificates.values().cloned().collect()
+    }
+
+    // ---- things and principals ----
+
+    /// Returns the thing, creating it when absent; the flag says whether it
+    /// was created.
+    pub fn ensure_thing(
+        &self,
+        name: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> (ThingRecord, bool) {
+        let mut state = self.lock();
+        if let Some(thing) = state.things.get(name) {
+            return (thing.clone(), false);
+        }
+        let thing = ThingRecord {
+            name: name.to_owned(),
+            id: random_id(),
+            arn: self.arn("thing", name),
+            attributes: attributes.clone(),
+            principals: BTreeSet::new(),
+            version: 1,
+        };
+        state.things.insert(name.to_owned(), thing.clone());
+        (thing, true)
+    }
+
+    /// Replaces a thing's attributes (template `OverrideSettings: REPLACE`).
+    pub fn replace_thing_attributes(
+        &self,
+        name: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let thing = state
+            .things
+            .get_mut(name)
+            .ok_or_else(|| not_found("thing", name))?;
+        if &thing.attributes != attributes {
+            thing.attributes = attributes.clone();
+            thing.version += 1;
+        }
+        Ok(())
+    }
+
+    pub fn thing(&self, name: &str) -> Option<ThingRecord> {
+        self.lock().things.get(name).cloned()
+    }
+
+    pub fn thing_count(&self) -> usize {
+        self.lock().things.len()
+    }
+
+    pub fn things(&self) -> Vec<ThingRecord> {
+        self.lock().things.values().cloned().collect()
+    }
+
+    pub fn attach_thing_principal(&self, thing: &str, cert_id: &str) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        if !state.certificates.contains_key(cert_id) {
+            return Err(not_found("certificate", cert_id));
+        }
+        let record = state
+            .things
+            .get_mut(thing)
+            .ok_or_else(|| not_found("thing", thing))?;
+        record.principals.insert(cert_id.to_owned());
+        if let Some(cert) = state.certificates.get_mut(cert_id) {
+            cert.things.insert(thing.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Detaching a principal that is not attached succeeds, as on AWS.
+    pub fn detach_thing_principal(&self, thing: &str, cert_id: &str) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let record = state
+            .things
+            .get_mut(thing)
+            .ok_or_else(|| not_found("thing", thing))?;
+        record.principals.remove(cert_id);
+        if let Some(cert) = state.certificates.get_mut(cert_id) {
+            cert.things.remove(thing);
+        }
+        Ok(())
+    }
+
+    pub fn thing_principals(&self, thing: &str) -> Result<Vec<String>, RegistryError> {
+        let state = self.lock();
+        let record = state
+            .things
+            .get(thing)
+            .ok_or_else(|| not_found("thing", thing))?;
+        Ok(record.principals.iter().cloned().collect())
+    }
+
+    pub fn is_attached(&self, thing: &str, cert_id: &str) -> bool {
+        self.lock()
+            .things
+            .get(thing)
+            .is_some_and(|t| t.principals.contains(cert_id))
+    }
+
+    // ---- policies ----
+
+    pub fn create_policy(&self, name: &str, document: &str) -> Result<PolicyRecord, RegistryError> {
+        let parsed = PolicyDocument::parse(document).map_err(|e| RegistryError::MalformedPolicy {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut state = self.lock();
+        if state.policies.contains_key(name) {
+            return Err(RegistryError::AlreadyExists {
+                kind: "policy",
+                id: name.to_owned(),
+            });
+        }
+        let record = PolicyRecord {
+            name: name.to_owned(),
+            arn: self.arn("policy", name),
+            document: document.to_owned(),
+            parsed: Arc::new(parsed),
+            created_at: SystemTime::now(),
+        };
+        state.policies.insert(name.to_owned(), record.clone());
+        Ok(record)
+    }
+
+    pub fn policy(&self, name: &str) -> Option<PolicyRecord> {
+        self.lock().policies.get(name).cloned()
+    }
+
+    pub fn attach_policy(&self, policy: &str, cert_id: &str) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        if !state.policies.contains_key(policy) {
+            return Err(not_found("policy", policy));
+        }
+        let cert = state
+            .certificates
+            .get_mut(cert_id)
+            .ok_or_else(|| not_found("certificate", cert_id))?;
+        if !cert.policies.contains(policy) && cert.policies.len() >= MAX_POLICIES_PER_CERTIFICATE {
+            return Err(RegistryError::PolicyLimit {
+                id: cert_id.to_owned(),
+                limit: MAX_POLICIES_PER_CERTIFICATE,
+            });
+        }
+        cert.policies.insert(policy.to_owned());
+        Ok(())
+    }
+
+    pub fn detach_policy(&self, policy: &str, cert_id: &str) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let cert = state
+            .certificates
+            .get_mut(cert_id)
+            .ok_or_else(|| not_found("certificate", cert_id))?;
+        cert.policies.remove(policy);
+        Ok(())
+    }
+
+    /// The parsed documents of every policy attached to the certificate.
+    pub fn policies_of(&self, cert_id: &str) -> Vec<Arc<PolicyDocument>> {
+        let state = self.lock();
+        let Some(cert) = state.certificates.get(cert_id) else {
+            return Vec::new();
+        };
+        cert.policies
+            .iter()
+            .filter_map(|name| state.policies.get(name))
+            .map(|p| Arc::clone(&p.parsed))
+            .collect()
+    }
+
+    // ---- provisioning templates ----
+
+    pub fn create_template(
+        &self,
+        name: &str,
+        description: &str,
+        body: &str,
+        enabled: bool,
+        provisioning_role_arn: &str,
+    ) -> Result<TemplateRecord, RegistryError> {
+        let mut state = self.lock();
+        if state.templates.contains_key(name) {
+            return Err(RegistryError::AlreadyExists {
+                kind: "provisioning template",
+                id: name.to_owned(),
+            });
+        }
+        let now = SystemTime::now();
+        let record = TemplateRecord {
+            name: name.to_owned(),
+            arn: self.arn("provisioningtemplate", name),
+            description: description.to_owned(),
+            body: body.to_owned(),
+            enabled,
+            provisioning_role_arn: provisioning_role_arn.to_owned(),
+            created_at: now,
+            last_modified: now,
+        };
+        state.templates.insert(name.to_owned(), record.clone());
+        Ok(record)
+    }
+
+    pub fn template(&self, name: &str) -> Option<TemplateRecord> {
+        self.lock().templates.get(name).cloned()
+    }
+}
+
+fn not_found(kind: &'static str, id: &str) -> RegistryError {
+    RegistryError::NotFound {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+/// A random 128-bit identifier in the 8-4-4-4-12 hex form AWS uses for ids.
+fn random_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

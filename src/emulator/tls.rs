@@ -1,0 +1,1 @@
+//! The emulator's TLS acceptor (placeholder; being written).
