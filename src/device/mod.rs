@@ -1,1 +1,3 @@
-//! device (being written).
+//! device
+pub mod lifecycle;
+pub mod mqtt;

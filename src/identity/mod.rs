@@ -19,7 +19,9 @@ pub enum IdentityError {
     BadCertificate(String),
     #[error("private key is not valid PEM: {0}")]
     BadKey(String),
-    #[error("serial number {0:?} is not usable as a folder name (allowed: A-Z a-z 0-9 _ -, 1-100 chars)")]
+    #[error(
+        "serial number {0:?} is not usable as a folder name (allowed: A-Z a-z 0-9 _ -, 1-100 chars)"
+    )]
     BadSerial(String),
     #[error("{path}: {source}")]
     Io {
@@ -40,7 +42,10 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
-            .field("certificate_pem", &format_args!("{} bytes", self.certificate_pem.len()))
+            .field(
+                "certificate_pem",
+                &format_args!("{} bytes", self.certificate_pem.len()),
+            )
             .field("private_key_pem", &"<redacted>")
             .finish()
     }
@@ -74,7 +79,8 @@ impl std::fmt::Debug for KeyAndCsr {
 
 /// Generates a device key on the device, as a real device would.
 pub fn generate_key_and_csr(serial: &str) -> Result<KeyAndCsr, IdentityError> {
-    let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::KeyGeneration(e.to_string()))?;
+    let key =
+        rcgen::KeyPair::generate().map_err(|e| IdentityError::KeyGeneration(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params

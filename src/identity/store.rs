@@ -182,7 +182,9 @@ fn to_pem(credentials: &Credentials) -> String {
 }
 
 fn write_atomically(path: &Path, contents: &str) -> Result<(), IdentityError> {
-    let dir = path.parent().expect("credential files always live in a device folder");
+    let dir = path
+        .parent()
+        .expect("credential files always live in a device folder");
     let temp = dir.join(format!(".{}.tmp", rand::random::<u64>()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -190,7 +192,8 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), IdentityError> {
         .mode(0o600)
         .open(&temp)
         .map_err(|e| io(&temp, e))?;
-    file.write_all(contents.as_bytes()).map_err(|e| io(&temp, e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| io(&temp, e))?;
     file.sync_all().map_err(|e| io(&temp, e))?;
     std::fs::rename(&temp, path).map_err(|e| io(path, e))?;
     std::fs::File::open(dir)
@@ -235,7 +238,9 @@ mod tests {
             certificate_pem: format!(
                 "-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"
             ),
-            private_key_pem: format!("-----BEGIN PRIVATE KEY-----\n{tag}\n-----END PRIVATE KEY-----\n"),
+            private_key_pem: format!(
+                "-----BEGIN PRIVATE KEY-----\n{tag}\n-----END PRIVATE KEY-----\n"
+            ),
         }
     }
 
