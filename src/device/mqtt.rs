@@ -118,10 +118,10 @@ impl Session {
         Ok(session)
     }
 
-    pub async fn subscribe(&mut self, filters: &[&str]) -> Result<(), SessionError> {
+    pub async fn subscribe<S: AsRef<str>>(&mut self, filters: &[S]) -> Result<(), SessionError> {
         let filters = filters
             .iter()
-            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+            .map(|f| rumqttc::SubscribeFilter::new(f.as_ref().to_owned(), QoS::AtLeastOnce));
         self.client
             .subscribe_many(filters)
             .await
