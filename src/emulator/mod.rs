@@ -1,5 +1,9 @@
 //! The local IoT Core emulator: certificate authority, registry, MQTT broker
 //! over mutual TLS, Fleet Provisioning, policies and the control-plane API.
+//!
+//! [`Emulator::start`] brings all of it up on loopback ports inside the
+//! calling process; `fleetsim run` on the `local` target does exactly that,
+//! then configures it through the control plane as it would configure AWS.
 
 pub mod broker;
 pub mod ca;
@@ -9,3 +13,138 @@ pub mod policy;
 pub mod registry;
 pub mod template;
 pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::{Broker, BrokerConfig, BrokerHandle};
+use ca::CertificateAuthority;
+use control_api::{ControlApi, ControlApiHandle, ControlApiSettings};
+use fleet_provisioning::FleetProvisioning;
+use registry::Registry;
+
+/// The account id the emulator reports, AWS's documentation example.
+pub const ACCOUNT_ID: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Where the MQTT/TLS listener binds (port 0 picks a free one).
+    pub mqtt_bind: SocketAddr,
+    /// Where the control-plane HTTP API binds.
+    pub control_bind: SocketAddr,
+    /// Real lifetime of the device certificates the emulator issues.
+    pub certificate_validity: Duration,
+    pub broker: BrokerConfig,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        let loopback_any = SocketAddr::from(([127, 0, 0, 1], 0));
+        EmulatorConfig {
+            mqtt_bind: loopback_any,
+            control_bind: loopback_any,
+            certificate_validity: Duration::from_secs(365 * 86_400),
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("emulator certificate authority: {0}")]
+    Ca(#[from] ca::CaError),
+    #[error("emulator TLS configuration: {0}")]
+    Tls(String),
+    #[error("emulator cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running emulator. Dropping it stops the listeners.
+pub struct Emulator {
+    ca: Arc<CertificateAuthority>,
+    registry: Arc<Registry>,
+    broker: BrokerHandle,
+    control: ControlApiHandle,
+}
+
+impl Emulator {
+    /// Creates the CA and server certificate, then starts the broker and
+    /// the control-plane API.
+    pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
+        let ca = Arc::new(CertificateAuthority::generate("fleetsim emulator root CA")?);
+        let registry = Arc::new(Registry::new(REGION, ACCOUNT_ID));
+        let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
+        let tls = tls::server_config(ca.root_der().clone(), server, Arc::clone(&registry))
+            .map_err(|e| EmulatorError::Tls(e.to_string()))?;
+        let provisioning = Arc::new(FleetProvisioning::new(
+            Arc::clone(&registry),
+            Arc::clone(&ca),
+            config.certificate_validity,
+        ));
+        let broker_config = BrokerConfig {
+            bind: config.mqtt_bind,
+            ..config.broker
+        };
+        let broker = Broker::start(broker_config, tls, Arc::clone(&registry), provisioning)
+            .map_err(|source| EmulatorError::Bind {
+                addr: config.mqtt_bind,
+                source,
+            })?;
+        let settings = ControlApiSettings {
+            endpoint_address: broker.local_addr().to_string(),
+            certificate_validity: config.certificate_validity,
+        };
+        let control = ControlApi::start(
+            config.control_bind,
+            Arc::clone(&registry),
+            Arc::clone(&ca),
+            settings,
+        )
+        .await
+        .map_err(|source| EmulatorError::Bind {
+            addr: config.control_bind,
+            source,
+        })?;
+        Ok(Emulator {
+            ca,
+            registry,
+            broker,
+            control,
+        })
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.broker.local_addr()
+    }
+
+    /// The control-plane endpoint to give `aws-sdk-iot`.
+    pub fn control_url(&self) -> String {
+        self.control.url()
+    }
+
+    pub fn root_pem(&self) -> &str {
+        self.ca.root_pem()
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.broker.connection_count()
+    }
+
+    pub async fn shutdown(self) {
+        self.broker.shutdown().await;
+        self.control.shutdown().await;
+    }
+}
