@@ -9,7 +9,7 @@ use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,7 @@ fn new_bar(fleet_size: u64) -> ProgressBar {
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} provisioned  {msg}")
             .expect("invariant: the constant progress template is valid")
             .progress_chars("=> ");
-    ProgressBar::new(fleet_size).with_style(style)
+    ProgressBar::with_draw_target(Some(fleet_size), ProgressDrawTarget::stdout()).with_style(style)
 }
 
 fn bar_message(snapshot: &Snapshot, rates: &Rates) -> String {
