@@ -268,4 +268,21 @@ mod tests {
         sink.show(&recorder.snapshot(), 10, false);
         assert_eq!(sink.last_log, Some(first + LOG_EVERY));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_the_run_stops_the_display_and_finish_draws_once_more() {
+        let recorder = Arc::new(Recorder::new("cancel"));
+        let cancel = CancellationToken::new();
+        let progress = Progress::start(recorder, 10, cancel.clone());
+        tokio::time::sleep(TICK * 3).await;
+        assert!(!progress.task.is_finished());
+
+        cancel.cancel();
+        tokio::time::sleep(TICK).await;
+        assert!(progress.task.is_finished());
+
+        let display = progress.display.clone();
+        progress.finish();
+        assert!(display.sink.lock().unwrap().done);
+    }
 }
