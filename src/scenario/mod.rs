@@ -138,9 +138,7 @@ pub struct RunLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CredentialStorage {
     /// Files under `<dir>/<run name>/<serial>/`.
-    Disk {
-        dir: PathBuf,
-    },
+    Disk { dir: PathBuf },
     Memory,
 }
 
