@@ -5,6 +5,17 @@
 //! Every label value used in metrics comes from the fixed enums below, so
 //! cardinality is bounded by construction; nothing here is per device.
 
+pub mod metrics;
+pub mod progress;
+mod recorder;
+pub mod report;
+pub mod slo;
+
+use std::net::SocketAddr;
+
+pub use recorder::{Recorder, Snapshot};
+pub use report::{FinalCheck, Report};
+
 /// A timed step of a device's life. Latency is measured from when the step
 /// was *due*, not from when it started, so a stalled server cannot hide its
 /// own latency (coordinated omission).
@@ -109,4 +120,66 @@ impl FailureReason {
             FailureReason::RetiredStillAccepted => "retired_still_accepted",
         }
     }
+}
+
+/// Where a device is in its life, as counted by the live gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceState {
+    /// Spawned, waiting for its scheduled arrival.
+    Pending,
+    /// Provisioning by claim, up to its first connection with its own certificate.
+    Provisioning,
+    /// Connected with its own certificate.
+    Online,
+    /// Replacing its certificate.
+    Rotating,
+    /// Provisioned but disconnected, reconnecting or stopped.
+    Offline,
+    /// Gave up after exhausting its attempts.
+    Failed,
+}
+
+impl DeviceState {
+    pub const ALL: [DeviceState; 6] = [
+        DeviceState::Pending,
+        DeviceState::Provisioning,
+        DeviceState::Online,
+        DeviceState::Rotating,
+        DeviceState::Offline,
+        DeviceState::Failed,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Provisioning => "provisioning",
+            DeviceState::Online => "online",
+            DeviceState::Rotating => "rotating",
+            DeviceState::Offline => "offline",
+            DeviceState::Failed => "failed",
+        }
+    }
+}
+
+/// Why observing or reporting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("metrics exporter already listens on {listening}; cannot also listen on {requested}")]
+    ExporterAlreadyListening {
+        requested: SocketAddr,
+        listening: SocketAddr,
+    },
+    #[error("another metrics recorder is already installed in this process")]
+    RecorderTaken,
+    #[error("cannot listen for metrics on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("cannot start the metrics exporter thread: {0}")]
+    ExporterThread(std::io::Error),
+    #[error("cannot serialize the {op} histogram: {reason}")]
+    HistogramEncode { op: String, reason: String },
+    #[error("report holds a corrupt {op} histogram: {reason}")]
+    HistogramDecode { op: String, reason: String },
+    #[error("report is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }

@@ -1,0 +1,166 @@
+//! The Prometheus side of a run: metric names, their help text and histogram
+//! buckets, and the exporter that serves them on `/metrics`.
+//!
+//! The exporter is the process-wide `metrics` recorder, so it is installed at
+//! most once; asking again for the same address hands back the same exporter.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+
+use ::metrics::Unit;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::ObserveError;
+
+/// Where the command line serves metrics unless told otherwise: loopback only,
+/// so a run never exposes anything to the network by default.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+
+pub const OPERATION_DURATION: &str = "fleetsim_operation_duration_seconds";
+pub const OPERATION_FAILURES: &str = "fleetsim_operation_failures_total";
+pub const ROTATIONS: &str = "fleetsim_rotations_total";
+pub const DEVICES: &str = "fleetsim_devices";
+pub const BRICKED_DEVICES: &str = "fleetsim_bricked_devices";
+
+/// Buckets of `fleetsim_operation_duration_seconds`, in seconds. One metric
+/// carries every operation (told apart by `op`), and the exporter picks
+/// buckets per metric name, so the set spans both MQTT round trips (a
+/// millisecond to ten seconds) and whole provisionings and rotations (up to a
+/// minute).
+pub const OPERATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Buckets for any other histogram registered in the process (the emulator's),
+/// so that none falls back to a summary, whose quantiles are wrong for early
+/// samples and cannot be aggregated across shards.
+pub const DEFAULT_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0,
+];
+
+/// The installed exporter: where it listens and how to render its text.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    addr: SocketAddr,
+    prometheus: PrometheusHandle,
+}
+
+impl MetricsHandle {
+    /// The address `/metrics` is served on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The exposition text a scrape would get right now.
+    pub fn render(&self) -> String {
+        self.prometheus.render()
+    }
+}
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+static INSTALLED: Mutex<Option<MetricsHandle>> = Mutex::new(None);
+
+/// Installs the Prometheus exporter as the global `metrics` recorder, serving
+/// `/metrics` on `addr`. Idempotent for the same address, because tests run
+/// many runs in one process; a different address is refused, since one
+/// process has one recorder. Install it before creating any [`Recorder`],
+/// whose metric handles are bound at creation.
+///
+/// [`Recorder`]: super::Recorder
+pub fn install_exporter(addr: SocketAddr) -> Result<MetricsHandle, ObserveError> {
+    let mut installed = INSTALLED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
+        return reuse(handle, addr);
+    }
+    let handle = start_exporter(addr)?;
+    describe_metrics();
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+fn reuse(handle: &MetricsHandle, requested: SocketAddr) -> Result<MetricsHandle, ObserveError> {
+    if handle.addr == requested {
+        Ok(handle.clone())
+    } else {
+        Err(ObserveError::ExporterAlreadyListening {
+            requested,
+            listening: handle.addr,
+        })
+    }
+}
+
+/// Serves the exporter from its own thread and runtime: a scrape must keep
+/// working when the runtime that asked for it (a test's, say) is gone.
+fn start_exporter(addr: SocketAddr) -> Result<MetricsHandle, ObserveError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ObserveError::ExporterThread)?;
+    let (recorder, exporter) = {
+        let _entered = runtime.enter();
+        builder(addr)?
+            .build()
+            .map_err(|error| build_error(addr, error))?
+    };
+    let prometheus = recorder.handle();
+    ::metrics::set_global_recorder(recorder).map_err(|_| ObserveError::RecorderTaken)?;
+    std::thread::Builder::new()
+        .name("fleetsim-metrics".into())
+        .spawn(move || runtime.block_on(exporter))
+        .map_err(ObserveError::ExporterThread)?;
+    Ok(MetricsHandle { addr, prometheus })
+}
+
+fn builder(addr: SocketAddr) -> Result<PrometheusBuilder, ObserveError> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&DEFAULT_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(OPERATION_DURATION.into()), &OPERATION_BUCKETS)
+        })
+        .map_err(|error| build_error(addr, error))
+}
+
+fn build_error(addr: SocketAddr, error: BuildError) -> ObserveError {
+    match error {
+        BuildError::FailedToSetGlobalRecorder(_) => ObserveError::RecorderTaken,
+        other => ObserveError::Listen {
+            addr,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn describe_metrics() {
+    ::metrics::describe_histogram!(
+        OPERATION_DURATION,
+        Unit::Seconds,
+        "Time from when a device step was due to when it succeeded, by operation."
+    );
+    ::metrics::describe_counter!(
+        OPERATION_FAILURES,
+        Unit::Count,
+        "Device steps that failed, by operation and bounded reason."
+    );
+    ::metrics::describe_counter!(
+        ROTATIONS,
+        Unit::Count,
+        "Certificate rotations completed, old certificate proven refused."
+    );
+    ::metrics::describe_gauge!(DEVICES, Unit::Count, "Devices currently in each state.");
+    ::metrics::describe_gauge!(
+        BRICKED_DEVICES,
+        Unit::Count,
+        "Devices left without a working identity at the end of the run."
+    );
+}
