@@ -121,8 +121,9 @@ pub async fn run(ctx: Arc<DeviceContext>, serial: String, due: Instant) -> Devic
 
 impl Device {
     async fn live(&mut self, due: Instant) -> Result<(), GaveUp> {
+        let stop = self.ctx.stop.clone();
         tokio::select! {
-            _ = self.ctx.stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             provisioned = self.provision(due) => provisioned?,
         }
         self.enter(DeviceState::Offline);
@@ -301,8 +302,9 @@ impl Device {
         let mut attempt = 0;
         loop {
             let due = Instant::now();
+            let stop = self.ctx.stop.clone();
             let attempt_result = tokio::select! {
-                _ = self.ctx.stop.cancelled() => return Ok(None),
+                _ = stop.cancelled() => return Ok(None),
                 result = self.open_session(self.current.clone()) => result,
             };
             match attempt_result {
@@ -339,9 +341,10 @@ impl Device {
         let mut next_publish = self.first_publish();
         let mut next_check = self.next_check();
         let mut sequence = 0u64;
+        let stop = self.ctx.stop.clone();
         loop {
             tokio::select! {
-                _ = self.ctx.stop.cancelled() => return Ok(Ending::Stopped),
+                _ = stop.cancelled() => return Ok(Ending::Stopped),
                 _ = sleep_until(next_publish.unwrap_or_else(far_future)), if next_publish.is_some() => {
                     let due = next_publish.expect("guarded by the select condition");
                     sequence += 1;
