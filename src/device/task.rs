@@ -131,6 +131,8 @@ impl Device {
             Some(session) => session,
             None => return Ok(()),
         };
+        // Provisioning ends when the device is online as itself.
+        self.ctx.recorder.record(Op::Provision, due.elapsed());
         loop {
             match self.online(&mut session).await? {
                 Ending::Stopped => {
@@ -186,10 +188,7 @@ impl Device {
         let mut attempt = 0;
         loop {
             match self.provision_once(due).await {
-                Ok(()) => {
-                    self.ctx.recorder.record(Op::Provision, due.elapsed());
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err((op, error)) => {
                     attempt += 1;
                     self.back_off(op, attempt, error).await?;
