@@ -250,7 +250,24 @@ fn is_name_char(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn any_formatted_duration_parses_back(secs in 0u64..u64::MAX / 2, nanos in 0u32..1_000_000_000) {
+            let duration = Duration::new(secs, nanos);
+            prop_assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
+        }
+
+        #[test]
+        fn any_written_decimal_duration_is_read_exactly(whole in 0u64..1_000_000, millis in 0u32..1000) {
+            let text = format!("{whole}.{millis:03}s");
+            let expected = Duration::new(whole, millis * 1_000_000);
+            prop_assert_eq!(parse_duration(&text), Ok(expected));
+        }
+    }
 
     #[test]
     fn durations_read_every_unit_and_decimals_exactly() {
