@@ -350,7 +350,7 @@ fn an_unknown_target_lists_the_known_ones() {
 fn a_missing_required_field_points_at_its_section() {
     let text = MINIMAL.replace("  size: 10\n", "  serial_pattern: \"a{seq}\"\n");
     let (line, column, field, reason) = refusal(&text);
-    assert_eq!((line, column, field.as_str()), (3, 3, "fleet.size"));
+    assert_eq!((line, column, field.as_str()), (2, 1, "fleet.size"));
     assert_eq!(reason, "required field is missing");
 }
 
@@ -411,6 +411,8 @@ fn values_out_of_range_are_refused() {
             "telemetry.payload_bytes",
         ),
         ("speedup: 86400", "speedup: -2", "clock.speedup"),
+        ("speedup: 86400", "speedup: 0.0005", "clock.speedup"),
+        ("validity: 30d", "validity: 36501d", "certificates.validity"),
         (
             "max_failure_ratio: 0.01",
             "max_failure_ratio: 1.5",
@@ -515,9 +517,9 @@ fn load_reads_and_validates_a_file() {
 
 fn any_duration() -> impl Strategy<Value = Duration> {
     prop_oneof![
-        (0u64..100_000).prop_map(|n| Duration::from_secs(n * 86_400)),
+        (0u64..=36_500).prop_map(|n| Duration::from_secs(n * 86_400)),
         (0u64..10_000_000).prop_map(Duration::from_millis),
-        (0u64..u64::MAX / 4, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        (0u64..3_153_600_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
     ]
 }
 
@@ -529,4 +531,26 @@ proptest! {
         let scenario = parse(&text).expect("a formatted duration parses");
         prop_assert_eq!(scenario.slo.connect_p99, Some(duration));
     }
+}
+
+#[test]
+fn an_alias_reuses_an_anchored_value() {
+    let text = MINIMAL.replace("duration: 10s\n", "duration: &d 10s\n  step_timeout: *d\n");
+    let scenario = parse(&text).expect("aliases are plain YAML");
+    assert_eq!(scenario.run.step_timeout, secs(10));
+}
+
+#[test]
+fn a_missing_section_points_at_the_top_of_the_file() {
+    let text = MINIMAL.replace("arrival:\n  rate: 5/s\n", "");
+    let (line, column, field, reason) = refusal(&text);
+    assert_eq!((line, column, field.as_str()), (1, 1, "arrival.rate"));
+    assert_eq!(reason, "required field is missing");
+}
+
+#[test]
+fn a_section_written_as_a_scalar_is_refused() {
+    let (line, column, field, reason) = refusal(&format!("{MINIMAL}slo: strict\n"));
+    assert_eq!((line, column, field.as_str()), (8, 6, "slo"));
+    assert_eq!(reason, "expected a mapping of fields, found the text `strict`");
 }

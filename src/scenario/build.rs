@@ -38,6 +38,10 @@ const MAX_PAYLOAD_BYTES: i128 = 128 * 1024;
 
 const MAX_FLEET_SIZE: i128 = 10_000_000;
 
+/// Slower clocks are of no use, and with the 100-year cap on durations this
+/// keeps every scaled duration representable.
+const MIN_SPEEDUP: f64 = 0.001;
+
 /// A value together with the place to blame for it.
 struct Sited<T> {
     value: T,
@@ -111,7 +115,8 @@ fn sited<'a, T>(
 }
 
 fn child<'a>(top: &Section<'a>, name: &str, accepted: &[&str]) -> Result<Section<'a>, Problem> {
-    Section::open(top.node(name), &top.path(name), top.at(), accepted)
+    let at = top.key_at(name).unwrap_or(top.at());
+    Section::open(top.node(name), &top.path(name), at, accepted)
 }
 
 fn name(top: &Section) -> Result<String, Problem> {
@@ -203,13 +208,14 @@ fn template(field: &Field) -> Result<String, Problem> {
 
 fn clock(top: &Section) -> Result<Sited<f64>, Problem> {
     let section = child(top, "clock", &["speedup"])?;
-    sited(&section, "speedup", positive_number, 1.0)
+    sited(&section, "speedup", speedup, 1.0)
 }
 
-fn positive_number(field: &Field) -> Result<f64, Problem> {
+fn speedup(field: &Field) -> Result<f64, Problem> {
     let number = field.number()?;
-    if number <= 0.0 {
-        return Err(field.problem(format!("{number} must be above zero")));
+    if number < MIN_SPEEDUP {
+        let reason = format!("{number} is below {MIN_SPEEDUP}, a thousandth of real speed");
+        return Err(field.problem(reason));
     }
     Ok(number)
 }

@@ -49,24 +49,21 @@ pub(crate) struct Field<'a> {
 
 impl<'a> Section<'a> {
     /// Opens `node` as a section accepting only `accepted` fields; an absent or
-    /// empty value counts as an empty section.
+    /// empty value counts as an empty section. `at` is where to point for a
+    /// field left out: the section's key, or its parent's if it has none.
     pub(crate) fn open(
         node: Option<&'a Node>,
         path: &str,
-        parent_at: Pos,
+        at: Pos,
         accepted: &[&str],
     ) -> Result<Section<'a>, Problem> {
-        let section = match node.map(|n| (&n.value, n.at)) {
-            None | Some((Value::Null, _)) => Section::empty(path, parent_at),
-            Some((Value::Map(entries), at)) => Section::of(path, at, entries),
-            Some((other, at)) => return Err(not_a_mapping(path, at, other)),
+        let section = match node.map(|n| &n.value) {
+            None | Some(Value::Null) => Section::of(path, at, &[]),
+            Some(Value::Map(entries)) => Section::of(path, at, entries),
+            Some(other) => return Err(not_a_mapping(path, node.map_or(at, |n| n.at), other)),
         };
         section.reject_unknown(accepted)?;
         Ok(section)
-    }
-
-    fn empty(path: &str, at: Pos) -> Section<'a> {
-        Section::of(path, at, &[])
     }
 
     fn of(path: &str, at: Pos, entries: &'a [(Key, Node)]) -> Section<'a> {
@@ -127,6 +124,14 @@ impl<'a> Section<'a> {
             at: self.at,
             written: false,
         }
+    }
+
+    /// Where a field's key is written, if it is.
+    pub(crate) fn key_at(&self, name: &str) -> Option<Pos> {
+        self.entries
+            .iter()
+            .find(|(key, _)| key.name == name)
+            .map(|(key, _)| key.at)
     }
 
     /// The raw node of a field, for nested sections and lists.
