@@ -292,19 +292,17 @@ fn check_real_validity(validity: &Sited<Duration>, speedup: &Sited<f64>) -> Resu
     if real >= MIN_REAL_VALIDITY {
         return Ok(());
     }
-    let blame = if validity.site.written || !speedup.site.written {
-        &validity.site
-    } else {
-        &speedup.site
-    };
-    Err(blame.problem(format!(
-        "certificates.validity {} at clock.speedup {} lasts {} of real time; X.509 times have \
-         one-second resolution, so rotation needs at least {} real",
-        format_duration(validity.value),
-        speedup.value,
-        real_text(real),
+    let why = format!(
+        "X.509 times have one-second resolution, so rotation needs at least {} real",
         format_duration(MIN_REAL_VALIDITY)
-    )))
+    );
+    Err(scaled_too_short(
+        validity,
+        speedup,
+        "certificates.validity",
+        real,
+        &why,
+    ))
 }
 
 fn check_real_tick(check_every: &Sited<Duration>, speedup: &Sited<f64>) -> Result<(), Problem> {
@@ -312,18 +310,40 @@ fn check_real_tick(check_every: &Sited<Duration>, speedup: &Sited<f64>) -> Resul
     if real >= MIN_REAL_TICK {
         return Ok(());
     }
-    let blame = if check_every.site.written || !speedup.site.written {
-        &check_every.site
-    } else {
-        &speedup.site
-    };
-    Err(blame.problem(format!(
-        "rotation.check_every {} at clock.speedup {} is {} of real time; it must be at least {}",
-        format_duration(check_every.value),
-        speedup.value,
-        real_text(real),
+    let why = format!(
+        "it must be at least {} real",
         format_duration(MIN_REAL_TICK)
-    )))
+    );
+    Err(scaled_too_short(
+        check_every,
+        speedup,
+        "rotation.check_every",
+        real,
+        &why,
+    ))
+}
+
+/// Blames a simulated duration that is too short once scaled: the duration
+/// itself if the user wrote it, otherwise the speedup that shrank its default.
+fn scaled_too_short(
+    simulated: &Sited<Duration>,
+    speedup: &Sited<f64>,
+    name: &str,
+    real: Duration,
+    why: &str,
+) -> Problem {
+    let (value, real) = (format_duration(simulated.value), real_text(real));
+    if simulated.site.written || !speedup.site.written {
+        let factor = speedup.value;
+        simulated.site.problem(format!(
+            "{value} lasts {real} of real time at clock.speedup {factor}; {why}"
+        ))
+    } else {
+        speedup.site.problem(format!(
+            "{} makes {name} ({value}) last {real} of real time; {why}",
+            speedup.value
+        ))
+    }
 }
 
 /// A scaled duration for messages, rounded to the millisecond when that keeps it non-zero.
