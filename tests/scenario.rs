@@ -562,3 +562,24 @@ fn a_section_written_as_a_scalar_is_refused() {
         "expected a mapping of fields, found the text `strict`"
     );
 }
+
+#[test]
+fn the_documented_example_is_a_valid_scenario() {
+    let doc = include_str!("../docs/scenario.md");
+    let start = doc
+        .find("```yaml\n")
+        .expect("the reference has a yaml example")
+        + 8;
+    let length = doc[start..].find("```").expect("the example is closed");
+    let scenario = parse(&doc[start..start + length]).expect("the documented example is valid");
+    assert_eq!(scenario.to_real(scenario.certificates.validity), secs(30));
+}
+
+#[test]
+fn of_two_mistakes_the_earlier_section_is_reported() {
+    let text = FULL
+        .replace("name: quickstart", "name: quick start")
+        .replace("speedup: 86400", "speedup: 0");
+    let (line, _, field, _) = refusal(&text);
+    assert_eq!((line, field.as_str()), (1, "name"));
+}

@@ -60,14 +60,17 @@ pub(crate) fn scenario(root: &Node) -> Result<Scenario, Problem> {
         });
     }
     let top = Section::open(Some(root), "", root.at, TOP_FIELDS)?;
-    let clock = clock(&top)?;
-    let certificates = certificates(&top)?;
+    // Sections are read in the order they are documented, so that of several
+    // mistakes the one reported first is the one a reader meets first.
+    let (name, target, fleet) = (name(&top)?, target(&top)?, fleet(&top)?);
+    let (arrival, provisioning) = (arrival(&top)?, provisioning(&top)?);
+    let (clock, certificates) = (clock(&top)?, certificates(&top)?);
     Ok(Scenario {
-        name: name(&top)?,
-        target: target(&top)?,
-        fleet: fleet(&top)?,
-        arrival: arrival(&top)?,
-        provisioning: provisioning(&top)?,
+        name,
+        target,
+        fleet,
+        arrival,
+        provisioning,
         rotation: rotation(&top, &certificates, &clock)?,
         clock: Clock {
             speedup: clock.value,
