@@ -1,12 +1,12 @@
 //! Building the typed `Scenario` from the located YAML tree, one section at a
-//! time, with defaults filled in. Rules that tie several fields together
-//! (renewal shorter than validity, scaled times X.509 can express) are
-//! checked here too, and blame the field the user most likely got wrong.
+//! time, with defaults filled in. Each section checks its own fields and hands
+//! the fields that depend on each other to `rules`, with the place of each.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::fields::{Field, Problem, Section, Site};
+use super::fields::{Field, Problem, Section};
+use super::rules::{self, Sited};
 use super::tree::{Node, Value};
 use super::values::{self, format_duration};
 use super::*;
@@ -26,13 +26,6 @@ const TOP_FIELDS: &[&str] = &[
     "slo",
 ];
 
-/// X.509 validity times have one-second resolution; a certificate shorter than
-/// this could not be told apart from an expired one when it is renewed.
-const MIN_REAL_VALIDITY: Duration = Duration::from_secs(2);
-
-/// Below this, timers fire faster than tokio can schedule a fleet of them.
-const MIN_REAL_TICK: Duration = Duration::from_millis(10);
-
 /// AWS IoT Core's largest MQTT payload.
 const MAX_PAYLOAD_BYTES: i128 = 128 * 1024;
 
@@ -41,12 +34,6 @@ const MAX_FLEET_SIZE: i128 = 10_000_000;
 /// Slower clocks are of no use, and with the 100-year cap on durations this
 /// keeps every scaled duration representable.
 const MIN_SPEEDUP: f64 = 0.001;
-
-/// A value together with the place to blame for it.
-struct Sited<T> {
-    value: T,
-    site: Site,
-}
 
 /// Builds and validates a whole scenario.
 pub(crate) fn scenario(root: &Node) -> Result<Scenario, Problem> {
@@ -246,11 +233,11 @@ fn rotation(
         validity.value / 3,
     )?;
     let jitter = sited(&section, "jitter", Field::duration, Duration::ZERO)?;
-    check_renewal(&renew_before, validity)?;
-    check_jitter(&jitter, &check_every)?;
+    rules::check_renewal(&renew_before, validity)?;
+    rules::check_jitter(&jitter, &check_every)?;
     if enabled {
-        check_real_validity(validity, speedup)?;
-        check_real_tick(&check_every, speedup)?;
+        rules::check_real_validity(validity, speedup)?;
+        rules::check_real_tick(&check_every, speedup)?;
     }
     Ok(Rotation {
         enabled,
@@ -258,101 +245,6 @@ fn rotation(
         renew_before: renew_before.value,
         jitter: jitter.value,
     })
-}
-
-fn check_renewal(
-    renew_before: &Sited<Duration>,
-    validity: &Sited<Duration>,
-) -> Result<(), Problem> {
-    if renew_before.value < validity.value {
-        return Ok(());
-    }
-    let blame = if renew_before.site.written {
-        &renew_before.site
-    } else {
-        &validity.site
-    };
-    Err(blame.problem(format!(
-        "{} is not shorter than certificates.validity ({})",
-        format_duration(renew_before.value),
-        format_duration(validity.value)
-    )))
-}
-
-fn check_jitter(jitter: &Sited<Duration>, check_every: &Sited<Duration>) -> Result<(), Problem> {
-    if jitter.value <= check_every.value {
-        return Ok(());
-    }
-    Err(jitter.site.problem(format!(
-        "{} is longer than rotation.check_every ({})",
-        format_duration(jitter.value),
-        format_duration(check_every.value)
-    )))
-}
-
-fn check_real_validity(validity: &Sited<Duration>, speedup: &Sited<f64>) -> Result<(), Problem> {
-    let real = validity.value.div_f64(speedup.value);
-    if real >= MIN_REAL_VALIDITY {
-        return Ok(());
-    }
-    let why = format!(
-        "X.509 times have one-second resolution, so rotation needs at least {} real",
-        format_duration(MIN_REAL_VALIDITY)
-    );
-    Err(scaled_too_short(
-        validity,
-        speedup,
-        "certificates.validity",
-        real,
-        &why,
-    ))
-}
-
-fn check_real_tick(check_every: &Sited<Duration>, speedup: &Sited<f64>) -> Result<(), Problem> {
-    let real = check_every.value.div_f64(speedup.value);
-    if real >= MIN_REAL_TICK {
-        return Ok(());
-    }
-    let why = format!(
-        "it must be at least {} real",
-        format_duration(MIN_REAL_TICK)
-    );
-    Err(scaled_too_short(
-        check_every,
-        speedup,
-        "rotation.check_every",
-        real,
-        &why,
-    ))
-}
-
-/// Blames a simulated duration that is too short once scaled: the duration
-/// itself if the user wrote it, otherwise the speedup that shrank its default.
-fn scaled_too_short(
-    simulated: &Sited<Duration>,
-    speedup: &Sited<f64>,
-    name: &str,
-    real: Duration,
-    why: &str,
-) -> Problem {
-    let (value, real) = (format_duration(simulated.value), real_text(real));
-    if simulated.site.written || !speedup.site.written {
-        let factor = speedup.value;
-        simulated.site.problem(format!(
-            "{value} lasts {real} of real time at clock.speedup {factor}; {why}"
-        ))
-    } else {
-        speedup.site.problem(format!(
-            "{} makes {name} ({value}) last {real} of real time; {why}",
-            speedup.value
-        ))
-    }
-}
-
-/// A scaled duration for messages, rounded to the millisecond when that keeps it non-zero.
-fn real_text(real: Duration) -> String {
-    let millis = Duration::from_millis(real.as_millis() as u64);
-    format_duration(if millis.is_zero() { real } else { millis })
 }
 
 fn telemetry(top: &Section) -> Result<Telemetry, Problem> {
@@ -369,8 +261,8 @@ fn telemetry(top: &Section) -> Result<Telemetry, Problem> {
 
 fn interval(field: &Field) -> Result<Duration, Problem> {
     let interval = field.duration()?;
-    if interval < MIN_REAL_TICK {
-        let shortest = format_duration(MIN_REAL_TICK);
+    if interval < rules::MIN_REAL_TICK {
+        let shortest = format_duration(rules::MIN_REAL_TICK);
         return Err(field.problem(format!("{} is below {shortest}", format_duration(interval))));
     }
     Ok(interval)
@@ -412,7 +304,7 @@ fn run_limits(top: &Section) -> Result<RunLimits, Problem> {
         Duration::from_millis(100),
     )?;
     let max = sited(&section, "backoff_max", positive, Duration::from_secs(5))?;
-    check_backoff(&base, &max)?;
+    rules::check_backoff(&base, &max)?;
     Ok(RunLimits {
         duration: section.require("duration")?.positive_duration()?,
         step_timeout: optional(&section, "step_timeout", positive, Duration::from_secs(10))?,
@@ -420,22 +312,6 @@ fn run_limits(top: &Section) -> Result<RunLimits, Problem> {
         backoff_max: max.value,
         max_attempts: optional(&section, "max_attempts", max_attempts, 5)?,
     })
-}
-
-fn check_backoff(base: &Sited<Duration>, max: &Sited<Duration>) -> Result<(), Problem> {
-    if max.value >= base.value {
-        return Ok(());
-    }
-    let (blame, other, relation) = if max.site.written {
-        (max, base, "shorter than run.backoff_base")
-    } else {
-        (base, max, "longer than run.backoff_max")
-    };
-    Err(blame.site.problem(format!(
-        "{} is {relation} ({})",
-        format_duration(blame.value),
-        format_duration(other.value)
-    )))
 }
 
 fn max_attempts(field: &Field) -> Result<u32, Problem> {

@@ -8,6 +8,7 @@
 
 mod build;
 mod fields;
+mod rules;
 mod syntax;
 mod tree;
 mod values;
