@@ -6,8 +6,20 @@
 //! time and are scaled by `clock.speedup`; every other duration and rate is
 //! wall-clock time.
 
+mod build;
+mod fields;
+mod rules;
+mod syntax;
+mod tree;
+mod values;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use values::format_duration;
+
+/// The field name used for problems that belong to no field in particular.
+const TOP_LEVEL: &str = "(top level)";
 
 /// A whole run, as written in a scenario file.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +183,18 @@ pub enum ScenarioError {
     },
 }
 
+impl ScenarioError {
+    fn invalid(path: &Path, problem: fields::Problem) -> ScenarioError {
+        ScenarioError::Invalid {
+            path: path.to_owned(),
+            line: problem.at.line,
+            column: problem.at.column,
+            field: problem.field,
+            reason: problem.reason,
+        }
+    }
+}
+
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -183,14 +207,9 @@ impl Scenario {
 
     /// Parses and validates scenario text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
-        let _ = text;
-        Err(ScenarioError::Invalid {
-            path: path.to_owned(),
-            line: 1,
-            column: 1,
-            field: String::new(),
-            reason: "scenario parsing is not built yet".into(),
-        })
+        let root = tree::parse(text).map_err(|error| syntax::problem(text, &error));
+        root.and_then(|root| build::scenario(&root))
+            .map_err(|problem| ScenarioError::invalid(path, problem))
     }
 
     /// Converts a simulated duration into wall-clock time.
