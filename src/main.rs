@@ -13,7 +13,11 @@ use fleetsim::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "fleetsim", version, about = "Load simulator for AWS IoT Core fleets")]
+#[command(
+    name = "fleetsim",
+    version,
+    about = "Load simulator for AWS IoT Core fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -91,14 +91,27 @@ pub async fn execute(
         metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?;
     }
     let emulator = start_emulator(scenario).await?;
-    let control = Arc::new(ControlPlane::for_endpoint(&emulator.control_url(), emulator::REGION));
+    let control = Arc::new(ControlPlane::for_endpoint(
+        &emulator.control_url(),
+        emulator::REGION,
+    ));
     let setup = set_up(scenario, options, &control).await?;
     let (store, credentials_dir) = credential_store(scenario)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
     let stop = CancellationToken::new();
-    let context = Arc::new(device_context(scenario, &emulator, &setup, store, control, &recorder, &stop)?);
+    let context = Arc::new(device_context(
+        scenario, &emulator, &setup, store, control, &recorder, &stop,
+    )?);
     let started = Instant::now();
-    let outcomes = run_fleet(scenario, options, Arc::clone(&context), &recorder, interrupt, stop).await;
+    let outcomes = run_fleet(
+        scenario,
+        options,
+        Arc::clone(&context),
+        &recorder,
+        interrupt,
+        stop,
+    )
+    .await;
     let elapsed = started.elapsed();
     let check = final_check(&context, &outcomes, scenario.fleet.size).await;
     let report = Report::build(&recorder, &scenario.slo, &check, elapsed)
@@ -152,7 +165,8 @@ fn credential_store(scenario: &Scenario) -> Result<(CredentialStore, Option<Path
         CredentialStorage::Disk { dir } => {
             let root = dir.join(&scenario.name);
             clear_previous_run(&root)?;
-            let store = CredentialStore::disk(&root).map_err(|e| RunError::CannotStart(e.to_string()))?;
+            let store =
+                CredentialStore::disk(&root).map_err(|e| RunError::CannotStart(e.to_string()))?;
             Ok((store, Some(root)))
         }
     }
@@ -269,15 +283,24 @@ async fn run_fleet(
 
 /// Proves, from the outside, what every device left behind: its current
 /// certificate still connects, and every certificate it retired is refused.
-async fn final_check(context: &Arc<DeviceContext>, outcomes: &[DeviceOutcome], devices: u64) -> FinalCheck {
+async fn final_check(
+    context: &Arc<DeviceContext>,
+    outcomes: &[DeviceOutcome],
+    devices: u64,
+) -> FinalCheck {
     let limit = Arc::new(Semaphore::new(CHECK_CONCURRENCY));
     let mut checks = JoinSet::new();
     for outcome in outcomes {
-        let Some(thing) = outcome.thing_name.clone() else { continue };
+        let Some(thing) = outcome.thing_name.clone() else {
+            continue;
+        };
         let (context, limit) = (Arc::clone(context), Arc::clone(&limit));
         let (current, retired) = (outcome.current.clone(), outcome.retired.clone());
         checks.spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("the semaphore is never closed");
+            let _permit = limit
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let works = match &current {
                 Some(credentials) => identity_works(&context, &thing, credentials).await,
                 None => false,
@@ -309,7 +332,12 @@ async fn final_check(context: &Arc<DeviceContext>, outcomes: &[DeviceOutcome], d
         check.retired_certificates += retired;
         check.retired_still_accepted += accepted;
     }
-    info!(provisioned = check.provisioned, bricked = check.bricked, retired = check.retired_certificates, "end-of-run identity check done");
+    info!(
+        provisioned = check.provisioned,
+        bricked = check.bricked,
+        retired = check.retired_certificates,
+        "end-of-run identity check done"
+    );
     check
 }
 
@@ -328,7 +356,9 @@ async fn identity_works(context: &DeviceContext, thing: &str, credentials: &Cred
 
 fn write_report(report: &Report, path: Option<&Path>) -> Result<(), RunError> {
     let Some(path) = path else { return Ok(()) };
-    let json = report.to_json_pretty().map_err(|e| RunError::Failed(e.to_string()))?;
+    let json = report
+        .to_json_pretty()
+        .map_err(|e| RunError::Failed(e.to_string()))?;
     std::fs::write(path, json)
         .map_err(|e| RunError::Failed(format!("{}: cannot write report: {e}", path.display())))
 }

@@ -198,8 +198,12 @@ impl Device {
     }
 
     async fn provision_once(&mut self, due: Instant) -> Result<(), (Op, SessionError)> {
-        let claim_tls = client_config(&self.ctx.root_pem, &self.ctx.claim)
-            .map_err(|e| (Op::ClaimConnect, SessionError::new(FailureReason::Protocol, e.to_string())))?;
+        let claim_tls = client_config(&self.ctx.root_pem, &self.ctx.claim).map_err(|e| {
+            (
+                Op::ClaimConnect,
+                SessionError::new(FailureReason::Protocol, e.to_string()),
+            )
+        })?;
         let client_id = format!("provision-{}", self.serial);
         let mut session = Session::connect(&self.ctx.connect, &client_id, claim_tls)
             .await
@@ -212,7 +216,9 @@ impl Device {
         let issued = self.request_certificate(&mut session).await?;
         let thing = self.register_thing(&mut session, &issued).await?;
         session.disconnect().await;
-        self.adopt(thing, issued.credentials).await.map_err(|e| (Op::Provision, e))
+        self.adopt(thing, issued.credentials)
+            .await
+            .map_err(|e| (Op::Provision, e))
     }
 
     fn reply_filters(&self) -> [String; 4] {
@@ -231,8 +237,12 @@ impl Device {
     ) -> Result<Issued, (Op, SessionError)> {
         let op = Op::CreateCertificate;
         let started = Instant::now();
-        let key = generate_key_and_csr(&self.serial)
-            .map_err(|e| (op, SessionError::new(FailureReason::Protocol, e.to_string())))?;
+        let key = generate_key_and_csr(&self.serial).map_err(|e| {
+            (
+                op,
+                SessionError::new(FailureReason::Protocol, e.to_string()),
+            )
+        })?;
         let request = CreateCertificateFromCsrRequest {
             certificate_signing_request: key.csr_pem,
         };
@@ -322,7 +332,10 @@ impl Device {
 
     /// Opens and subscribes a session as the thing with `credentials`: a
     /// SUBACK is the proof that the identity works.
-    async fn open_session(&self, credentials: Option<Credentials>) -> Result<Session, SessionError> {
+    async fn open_session(
+        &self,
+        credentials: Option<Credentials>,
+    ) -> Result<Session, SessionError> {
         let credentials = credentials
             .ok_or_else(|| SessionError::new(FailureReason::Storage, "device has no identity"))?;
         let tls = client_config(&self.ctx.root_pem, &credentials)
@@ -377,8 +390,17 @@ impl Device {
         Some(schedule.next_check(Instant::now(), &mut self.rng))
     }
 
-    async fn publish_telemetry(&mut self, session: &mut Session, due: Instant, sequence: u64) -> Result<(), SessionError> {
-        let telemetry = self.ctx.telemetry.as_ref().expect("only called when telemetry is on");
+    async fn publish_telemetry(
+        &mut self,
+        session: &mut Session,
+        due: Instant,
+        sequence: u64,
+    ) -> Result<(), SessionError> {
+        let telemetry = self
+            .ctx
+            .telemetry
+            .as_ref()
+            .expect("only called when telemetry is on");
         let topic = format!("fleetsim/{}/{}", self.thing, telemetry.topic);
         let payload = telemetry_payload(&self.serial, sequence, telemetry.payload_bytes);
         match session.publish(&topic, telemetry.qos, payload).await {
@@ -397,7 +419,11 @@ impl Device {
 
     /// A check tick: finish a retirement left over from an earlier rotation,
     /// then rotate if the certificate is inside its renewal window.
-    async fn check_certificate(&mut self, session: &mut Session, due: Instant) -> Result<Option<Ending>, GaveUp> {
+    async fn check_certificate(
+        &mut self,
+        session: &mut Session,
+        due: Instant,
+    ) -> Result<Option<Ending>, GaveUp> {
         if let Some(old) = self.unretired.clone() {
             self.retire(&old).await;
         }
@@ -422,8 +448,15 @@ impl Device {
     /// One rotation. A failure before the new identity is stored leaves the
     /// old one in place for the next check; after that, the old one stays
     /// the store's backup until the new one has proved itself.
-    async fn rotate(&mut self, session: &mut Session, due: Instant) -> Result<Option<Ending>, GaveUp> {
-        let old = self.current.clone().expect("an online device has an identity");
+    async fn rotate(
+        &mut self,
+        session: &mut Session,
+        due: Instant,
+    ) -> Result<Option<Ending>, GaveUp> {
+        let old = self
+            .current
+            .clone()
+            .expect("an online device has an identity");
         let issued = match self.request_certificate(session).await {
             Ok(issued) => issued,
             Err((op, error)) => return Ok(self.rotation_failed(op, error)),
@@ -451,7 +484,11 @@ impl Device {
     /// (a dead connection is noticed by the online loop).
     fn rotation_failed(&mut self, op: Op, error: SessionError) -> Option<Ending> {
         self.ctx.recorder.failure(op, error.reason);
-        debug!(op = op.as_str(), reason = error.reason.as_str(), "rotation attempt failed");
+        debug!(
+            op = op.as_str(),
+            reason = error.reason.as_str(),
+            "rotation attempt failed"
+        );
         None
     }
 
@@ -482,7 +519,9 @@ impl Device {
 
     async fn fall_back_to(&mut self, old: &Credentials) {
         if let Err(e) = self.ctx.store.install(&self.serial, old).await {
-            self.ctx.recorder.failure(Op::Rotate, FailureReason::Storage);
+            self.ctx
+                .recorder
+                .failure(Op::Rotate, FailureReason::Storage);
             debug!(error = %e, "could not restore the previous identity");
         }
         self.current = Some(old.clone());
@@ -496,7 +535,12 @@ impl Device {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            match self.ctx.control.retire_certificate(&self.thing, &info.id).await {
+            match self
+                .ctx
+                .control
+                .retire_certificate(&self.thing, &info.id)
+                .await
+            {
                 Ok(()) => break,
                 Err(error) => {
                     attempt += 1;
@@ -514,7 +558,9 @@ impl Device {
         self.ctx.recorder.record(Op::Revoke, started.elapsed());
         self.unretired = None;
         if !self.prove_refused(old).await {
-            self.ctx.recorder.failure(Op::Revoke, FailureReason::RetiredStillAccepted);
+            self.ctx
+                .recorder
+                .failure(Op::Revoke, FailureReason::RetiredStillAccepted);
         }
         if let Err(e) = self.ctx.store.forget_previous(&self.serial).await {
             debug!(error = %e, "could not drop the retired backup");
@@ -533,7 +579,11 @@ impl Device {
     async fn back_off(&mut self, op: Op, attempt: u32, error: SessionError) -> Result<(), GaveUp> {
         self.ctx.recorder.failure(op, error.reason);
         debug!(op = op.as_str(), attempt, reason = error.reason.as_str(), detail = %error.detail, "step failed");
-        match self.ctx.retry.after_failure(attempt, error.reason, &mut self.rng) {
+        match self
+            .ctx
+            .retry
+            .after_failure(attempt, error.reason, &mut self.rng)
+        {
             Retry::After(delay) => {
                 tokio::select! {
                     _ = self.ctx.stop.cancelled() => {}
@@ -578,17 +628,26 @@ async fn exchange<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 ) -> Result<Resp, SessionError> {
     let payload = serde_json::to_vec(request).expect("provisioning requests serialize");
     match session.request(topic, payload, accepted, rejected).await? {
-        Ok(body) => serde_json::from_slice(&body)
-            .map_err(|e| SessionError::new(FailureReason::Protocol, format!("bad reply on {accepted}: {e}"))),
+        Ok(body) => serde_json::from_slice(&body).map_err(|e| {
+            SessionError::new(
+                FailureReason::Protocol,
+                format!("bad reply on {accepted}: {e}"),
+            )
+        }),
         Err(body) => Err(rejection(&body)),
     }
 }
 
 fn rejection(body: &[u8]) -> SessionError {
     match serde_json::from_slice::<ErrorResponse>(body) {
-        Ok(error) if error.status_code == 429 => SessionError::new(FailureReason::Throttled, error.to_string()),
+        Ok(error) if error.status_code == 429 => {
+            SessionError::new(FailureReason::Throttled, error.to_string())
+        }
         Ok(error) => SessionError::new(FailureReason::ProvisioningRejected, error.to_string()),
-        Err(e) => SessionError::new(FailureReason::Protocol, format!("unreadable rejection: {e}")),
+        Err(e) => SessionError::new(
+            FailureReason::Protocol,
+            format!("unreadable rejection: {e}"),
+        ),
     }
 }
 
@@ -621,6 +680,9 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(value["serial"], "SN-1");
         assert_eq!(value["seq"], 7);
-        assert!(telemetry_payload("SN-1", 7, 1).len() > 1, "never truncates the message");
+        assert!(
+            telemetry_payload("SN-1", 7, 1).len() > 1,
+            "never truncates the message"
+        );
     }
 }

@@ -18,7 +18,11 @@ pub struct ArrivalSchedule {
 impl ArrivalSchedule {
     pub fn new(arrival: &Arrival) -> ArrivalSchedule {
         ArrivalSchedule {
-            phases: arrival.phases.iter().map(|p| (p.rate, p.duration)).collect(),
+            phases: arrival
+                .phases
+                .iter()
+                .map(|p| (p.rate, p.duration))
+                .collect(),
             rate: arrival.rate,
         }
     }
@@ -63,10 +67,7 @@ mod tests {
             phases: vec![],
         });
         let offsets: Vec<_> = schedule.offsets().take(3).collect();
-        assert_eq!(
-            offsets,
-            [0, 20, 40].map(Duration::from_millis).to_vec()
-        );
+        assert_eq!(offsets, [0, 20, 40].map(Duration::from_millis).to_vec());
     }
 
     #[test]
@@ -74,12 +75,21 @@ mod tests {
         let schedule = ArrivalSchedule::new(&Arrival {
             rate: rate(1.0),
             phases: vec![
-                Phase { rate: rate(10.0), duration: Duration::from_secs(1) },
-                Phase { rate: rate(2.0), duration: Duration::from_secs(1) },
+                Phase {
+                    rate: rate(10.0),
+                    duration: Duration::from_secs(1),
+                },
+                Phase {
+                    rate: rate(2.0),
+                    duration: Duration::from_secs(1),
+                },
             ],
         });
         let offsets: Vec<_> = schedule.offsets().take(14).map(|d| d.as_millis()).collect();
-        assert_eq!(&offsets[..10], &[0, 100, 200, 300, 400, 500, 600, 700, 800, 900]);
+        assert_eq!(
+            &offsets[..10],
+            &[0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
+        );
         assert_eq!(&offsets[10..], &[1000, 1500, 2000, 3000]);
     }
 }
