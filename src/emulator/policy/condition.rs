@@ -14,6 +14,8 @@ pub(super) struct Condition {
     test: Test,
 }
 
+const OPERATORS: [&str; 4] = ["Bool", "StringEquals", "StringNotEquals", "StringLike"];
+
 #[derive(Debug, Clone, PartialEq)]
 enum Test {
     Bool(Vec<bool>),
@@ -29,12 +31,13 @@ impl Condition {
         operator: &str,
         keys: &Value,
     ) -> Result<Vec<Condition>, (String, String)> {
-        let keys = keys.as_object().ok_or_else(|| {
-            (
-                operator.to_owned(),
-                "must be an object of condition keys".into(),
-            )
-        })?;
+        let error = |reason: &str| (operator.to_owned(), reason.to_owned());
+        if !OPERATORS.contains(&operator) {
+            return Err(error("unsupported condition operator"));
+        }
+        let keys = keys
+            .as_object()
+            .ok_or_else(|| error("must be an object of condition keys"))?;
         keys.iter()
             .map(|(key, values)| Condition::parse_one(operator, key, values))
             .collect()
@@ -44,10 +47,7 @@ impl Condition {
         let field = || format!("{operator}.{key}");
         let key =
             condition_key(key).ok_or_else(|| (field(), "unsupported condition key".into()))?;
-        let test = Test::parse(operator, key, values).map_err(|reason| match reason {
-            TestError::Operator => (operator.to_owned(), "unsupported condition operator".into()),
-            TestError::Values(reason) => (field(), reason),
-        })?;
+        let test = Test::parse(operator, key, values).map_err(|reason| (field(), reason))?;
         Ok(Condition { key, test })
     }
 
@@ -79,27 +79,20 @@ fn any_matches(values: &[Pattern], actual: &str, context: &RequestContext<'_>) -
     Some(any)
 }
 
-enum TestError {
-    Operator,
-    Values(String),
-}
-
 impl Test {
-    fn parse(operator: &str, key: Variable, values: &Value) -> Result<Test, TestError> {
+    /// Parses the values of an operator already checked against [`OPERATORS`].
+    fn parse(operator: &str, key: Variable, values: &Value) -> Result<Test, String> {
         let values = one_or_many(values);
         if values.is_empty() {
-            return Err(TestError::Values("needs at least one value".into()));
+            return Err("needs at least one value".into());
         }
-        let strings = |wildcards| string_values(&values, wildcards).map_err(TestError::Values);
+        let strings = |wildcards| string_values(&values, wildcards);
         match operator {
-            "Bool" if key == Variable::IsAttached => bool_values(&values)
-                .map(Test::Bool)
-                .map_err(TestError::Values),
-            "Bool" => Err(TestError::Values("Bool needs a boolean key".into())),
+            "Bool" if key == Variable::IsAttached => bool_values(&values).map(Test::Bool),
+            "Bool" => Err("Bool needs a boolean key".into()),
             "StringEquals" => strings(Wildcards::Literal).map(Test::StringEquals),
             "StringNotEquals" => strings(Wildcards::Literal).map(Test::StringNotEquals),
-            "StringLike" => strings(Wildcards::Glob).map(Test::StringLike),
-            _ => Err(TestError::Operator),
+            _ => strings(Wildcards::Glob).map(Test::StringLike),
         }
     }
 }
