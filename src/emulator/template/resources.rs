@@ -125,7 +125,7 @@ impl Resource {
                 ("PolicyDocument", document.as_ref()),
             ],
         };
-        let present = fields
+        let mut present = fields
             .into_iter()
             .filter_map(|(field, value)| Some((field, value?)));
         present.try_for_each(|(field, value)| scope.check(value, &format!("{at}.{field}")))
