@@ -1,10 +1,15 @@
 //! The repository's policies and provisioning template, rendered the way `setup` renders
 //! them, evaluated by the emulator's policy engine and template evaluator.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fleetsim::emulator::policy::{
     Action, Decision, PolicyDocument, PolicyError, RequestContext, decide, is_allowed,
+};
+use fleetsim::emulator::template::{
+    CERTIFICATE_ID_PARAMETER, CertificatePlan, Override, Plan, PolicyPlan, Template, TemplateError,
+    ThingPlan,
 };
 use proptest::prelude::*;
 
@@ -660,4 +665,434 @@ proptest! {
         prop_assert!(!allowed(&policy, Action::Publish, &topic, &device(&thing)));
         prop_assert!(!allowed(&policy, Action::Receive, &topic, &device(&thing)));
     }
+}
+
+// ---- provisioning templates ----
+
+const CERTIFICATE_ID: &str = "3f1c4b2a9d8e7f6051a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7a8";
+
+fn repository_template() -> Template {
+    let body = render(
+        "provisioning-template.json",
+        &[("device_policy", "fleetsim-device")],
+    );
+    Template::parse(&body).expect("repository template parses")
+}
+
+fn parameters(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn with_certificate(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut all = parameters(pairs);
+    all.insert(CERTIFICATE_ID_PARAMETER.into(), CERTIFICATE_ID.into());
+    all
+}
+
+/// A template with the canonical certificate resource plus `extra` resources and sections.
+fn template(parameters: &str, resources: &str, rest: &str) -> Result<Template, TemplateError> {
+    Template::parse(&format!(
+        r#"{{"Parameters": {{"AWS::IoT::Certificate::Id": {{"Type": "String"}} {parameters}}},
+            "Resources": {{
+              "certificate": {{"Type": "AWS::IoT::Certificate",
+                "Properties": {{"CertificateId": {{"Ref": "AWS::IoT::Certificate::Id"}}}}}}
+              {resources}}}
+            {rest}}}"#
+    ))
+}
+
+fn thing_name_of(template: &Template, request: &BTreeMap<String, String>) -> String {
+    let plan = template.evaluate(request).expect("template evaluates");
+    plan.thing.expect("template declares a thing").name
+}
+
+fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn repository_template_provisions_the_serial_numbers_thing() {
+    let plan = repository_template()
+        .evaluate(&with_certificate(&[("SerialNumber", "SN1")]))
+        .expect("template evaluates");
+    let expected = Plan {
+        thing: Some(ThingPlan {
+            name: "fleetsim-SN1".into(),
+            attributes: parameters(&[("serial", "SN1")]),
+            attributes_override: Override::Replace,
+        }),
+        certificate: Some(CertificatePlan {
+            certificate_id: CERTIFICATE_ID.into(),
+            status: "ACTIVE".into(),
+        }),
+        policies: vec![PolicyPlan::Named("fleetsim-device".into())],
+        device_configuration: parameters(&[("telemetryTopicRoot", "fleetsim")]),
+    };
+    assert_eq!(plan, expected);
+}
+
+#[test]
+fn a_missing_parameter_is_the_requests_fault_and_names_where_it_is_needed() {
+    let error = repository_template()
+        .evaluate(&with_certificate(&[]))
+        .expect_err("SerialNumber is required");
+    assert!(error.is_request_fault());
+    let TemplateError::MissingParameter { name, at } = &error else {
+        panic!("expected a missing parameter, got {error:?}");
+    };
+    assert_eq!(name, "SerialNumber");
+    assert!(
+        at.starts_with("Resources.thing.Properties.ThingName"),
+        "{at}"
+    );
+}
+
+#[test]
+fn a_missing_certificate_id_is_reported() {
+    let error = repository_template()
+        .evaluate(&parameters(&[("SerialNumber", "SN1")]))
+        .expect_err("the certificate id is required");
+    assert!(
+        matches!(&error, TemplateError::MissingParameter { name, .. } if name == CERTIFICATE_ID_PARAMETER),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_parameter_default_applies_when_the_request_omits_it() {
+    let template = template(
+        r#","Line": {"Type": "String", "Default": "main"}"#,
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Fn::Sub": "dev-${Line}"}}}"#,
+        "",
+    )
+    .expect("template parses");
+    assert_eq!(thing_name_of(&template, &with_certificate(&[])), "dev-main");
+    assert_eq!(
+        thing_name_of(&template, &with_certificate(&[("Line", "b")])),
+        "dev-b"
+    );
+}
+
+#[test]
+fn sub_expands_parameters_local_variables_and_escapes() {
+    let template = template(
+        r#","Serial": {"Type": "String"}"#,
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName":
+             {"Fn::Sub": ["${Prefix}-${Serial}", {"Prefix": {"Ref": "Serial"}}]}}}"#,
+        r#","DeviceConfiguration": {"literal": {"Fn::Sub": "${!Serial}/${Serial}"}}"#,
+    )
+    .expect("template parses");
+    let plan = template
+        .evaluate(&with_certificate(&[("Serial", "x1")]))
+        .expect("evaluates");
+    assert_eq!(plan.thing.expect("a thing").name, "x1-x1");
+    assert_eq!(plan.device_configuration["literal"], "${Serial}/x1");
+}
+
+#[test]
+fn split_and_select_pick_a_part_of_a_parameter() {
+    let template = template(
+        r#","Serial": {"Type": "String"}"#,
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName":
+             {"Fn::Select": ["1", {"Fn::Split": [":", {"Ref": "Serial"}]}]}}}"#,
+        "",
+    )
+    .expect("template parses");
+    assert_eq!(
+        thing_name_of(&template, &with_certificate(&[("Serial", "acme:SN7:x")])),
+        "SN7"
+    );
+    let error = template
+        .evaluate(&with_certificate(&[("Serial", "nocolon")]))
+        .expect_err("index 1 is out of range");
+    assert!(
+        matches!(error, TemplateError::Evaluation { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn find_in_map_reads_the_mappings_section() {
+    let template = template(
+        r#","Region": {"Type": "String"}"#,
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "t1",
+             "AttributePayload": {"site": {"Fn::FindInMap": ["Sites", {"Ref": "Region"}, "name"]}}}}"#,
+        r#","Mappings": {"Sites": {"eu": {"name": "dublin"}, "us": {"name": "ohio"}}}"#,
+    )
+    .expect("template parses");
+    let plan = template
+        .evaluate(&with_certificate(&[("Region", "eu")]))
+        .expect("evaluates");
+    assert_eq!(plan.thing.expect("a thing").attributes["site"], "dublin");
+    let error = template
+        .evaluate(&with_certificate(&[("Region", "ap")]))
+        .expect_err("no such mapping key");
+    assert!(error.to_string().contains("Sites.ap.name"), "{error}");
+}
+
+#[test]
+fn functions_inside_mappings_are_refused() {
+    let error = template("", "", r#","Mappings": {"M": {"a": {"b": {"Ref": "X"}}}}"#)
+        .expect_err("mappings are plain data");
+    assert!(
+        matches!(&error, TemplateError::Malformed { at, .. } if at == "Mappings.M.a.b"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn an_unknown_function_is_refused_when_the_template_is_parsed() {
+    let error = template(
+        "",
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Fn::GetAtt": ["a", "b"]}}}"#,
+        "",
+    )
+    .expect_err("Fn::GetAtt is not supported");
+    let TemplateError::UnknownFunction { function, at } = &error else {
+        panic!("expected an unknown function, got {error:?}");
+    };
+    assert_eq!(function, "Fn::GetAtt");
+    assert_eq!(at, "Resources.thing.Properties.ThingName.Fn::GetAtt");
+}
+
+#[test]
+fn a_reference_to_an_undeclared_parameter_is_refused_when_parsed() {
+    let error = template(
+        "",
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "Nope"}}}"#,
+        "",
+    )
+    .expect_err("Nope is not declared");
+    assert!(
+        error
+            .to_string()
+            .contains("`Nope` is not a declared parameter"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unsupported_resource_type_names_the_resource() {
+    let error = template(
+        "",
+        r#","queue": {"Type": "AWS::SQS::Queue", "Properties": {}}"#,
+        "",
+    )
+    .expect_err("only IoT resources");
+    assert!(
+        matches!(&error, TemplateError::UnsupportedResourceType { resource, kind }
+            if resource == "queue" && kind == "AWS::SQS::Queue"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn certificates_from_a_csr_or_pem_are_refused() {
+    for field in ["CertificateSigningRequest", "CertificatePem"] {
+        let resources = format!(
+            r#","other": {{"Type": "AWS::IoT::Certificate", "Properties": {{"{field}": "x"}}}}"#
+        );
+        let error =
+            template("", &resources, "").expect_err("fleet provisioning uses CertificateId");
+        assert!(
+            error.to_string().contains("may only use CertificateId"),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("Resources.other.Properties.{field}")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn two_things_in_one_template_are_refused() {
+    let error = template(
+        "",
+        r#","a": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "a"}},
+           "b": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "b"}}"#,
+        "",
+    )
+    .expect_err("one thing per template");
+    assert!(
+        error.to_string().contains("at most one AWS::IoT::Thing"),
+        "{error}"
+    );
+}
+
+fn certificate_status(status: &str) -> Result<Plan, TemplateError> {
+    let body = format!(
+        r#"{{"Parameters": {{"AWS::IoT::Certificate::Id": {{"Type": "String"}}}},
+            "Resources": {{"certificate": {{"Type": "AWS::IoT::Certificate",
+              "Properties": {{"CertificateId": {{"Ref": "AWS::IoT::Certificate::Id"}} {status}}}}}}}}}"#
+    );
+    Template::parse(&body)
+        .expect("template parses")
+        .evaluate(&with_certificate(&[]))
+}
+
+#[test]
+fn certificate_status_is_case_insensitive_and_defaults_to_active() {
+    let status = |field: &str| {
+        certificate_status(field)
+            .expect("evaluates")
+            .certificate
+            .expect("a certificate")
+            .status
+    };
+    assert_eq!(status(r#","Status": "Active""#), "ACTIVE");
+    assert_eq!(status(r#","Status": "inactive""#), "INACTIVE");
+    assert_eq!(status(""), "ACTIVE");
+    let error = certificate_status(r#","Status": "REVOKED""#).expect_err("not a template status");
+    assert!(
+        error
+            .to_string()
+            .contains("Resources.certificate.Properties.Status"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_certificate_id_that_is_not_64_hex_digits_is_refused() {
+    let error = repository_template()
+        .evaluate(&parameters(&[
+            ("SerialNumber", "SN1"),
+            (CERTIFICATE_ID_PARAMETER, "abc"),
+        ]))
+        .expect_err("abc is not a certificate id");
+    assert!(error.to_string().contains("CertificateId"), "{error}");
+}
+
+fn policy_resource(properties: &str) -> Result<Plan, TemplateError> {
+    template(
+        r#","Serial": {"Type": "String", "Default": "SN1"}"#,
+        &format!(r#","policy": {{"Type": "AWS::IoT::Policy", "Properties": {properties}}}"#),
+        "",
+    )?
+    .evaluate(&with_certificate(&[]))
+}
+
+#[test]
+fn a_policy_document_object_is_named_after_its_sha256() {
+    let plan = policy_resource(
+        r#"{"PolicyDocument": {"Version": "2012-10-17", "Statement": {"Effect": "Allow",
+            "Action": "iot:Publish", "Resource": {"Fn::Sub": "arn:aws:iot:*:*:topic/${Serial}"}}}}"#,
+    )
+    .expect("evaluates");
+    // Compact JSON with keys in sorted order, so key order in the template does not matter.
+    let document = r#"{"Statement":{"Action":"iot:Publish","Effect":"Allow","Resource":"arn:aws:iot:*:*:topic/SN1"},"Version":"2012-10-17"}"#;
+    let expected = PolicyPlan::Document {
+        name: sha256_hex(document),
+        document: document.into(),
+    };
+    assert_eq!(plan.policies, vec![expected]);
+}
+
+#[test]
+fn a_policy_document_string_is_kept_verbatim_and_may_be_named() {
+    let document = r#"{"Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}"#;
+    let escaped = serde_json::to_string(document).expect("a string serialises");
+    let plan = policy_resource(&format!(r#"{{"PolicyDocument": {escaped}}}"#)).expect("evaluates");
+    let hashed = PolicyPlan::Document {
+        name: sha256_hex(document),
+        document: document.into(),
+    };
+    assert_eq!(plan.policies, vec![hashed]);
+    let plan = policy_resource(&format!(
+        r#"{{"PolicyName": "mine", "PolicyDocument": {escaped}}}"#
+    ))
+    .expect("evaluates");
+    let named = PolicyPlan::Document {
+        name: "mine".into(),
+        document: document.into(),
+    };
+    assert_eq!(plan.policies, vec![named]);
+}
+
+#[test]
+fn a_malformed_policy_document_fails_evaluation() {
+    let error = policy_resource(r#"{"PolicyDocument": {"Statement": {"Effect": "Maybe"}}}"#)
+        .expect_err("the policy engine refuses it");
+    let message = error.to_string();
+    assert!(
+        message.contains("Resources.policy.Properties.PolicyDocument"),
+        "{message}"
+    );
+    assert!(message.contains("Statement[0].Effect"), "{message}");
+}
+
+#[test]
+fn device_configuration_is_flat_text() {
+    let template = template(
+        r#","Serial": {"Type": "String"}"#,
+        "",
+        r#","DeviceConfiguration": {"port": 8883, "debug": false, "id": {"Ref": "Serial"}}"#,
+    )
+    .expect("template parses");
+    let plan = template
+        .evaluate(&with_certificate(&[("Serial", "s")]))
+        .expect("evaluates");
+    let expected = parameters(&[("port", "8883"), ("debug", "false"), ("id", "s")]);
+    assert_eq!(plan.device_configuration, expected);
+}
+
+#[test]
+fn nested_device_configuration_is_refused() {
+    let error = template(
+        "",
+        "",
+        r#","DeviceConfiguration": {"mqtt": {"port": "8883", "tls": "on"}}"#,
+    )
+    .expect_err("nested objects are not supported");
+    assert!(
+        matches!(&error, TemplateError::Malformed { at, .. } if at == "DeviceConfiguration.mqtt"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_template_body_over_10240_characters_is_refused() {
+    let padding = " ".repeat(10240);
+    let error =
+        Template::parse(&format!("{{\"Resources\": {{}}}}{padding}")).expect_err("too large");
+    assert!(
+        matches!(error, TemplateError::TooLarge { max: 10240, .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn unknown_template_sections_and_properties_are_refused() {
+    let error = template("", "", r#","Conditions": {}"#).expect_err("no Conditions section");
+    assert!(
+        matches!(&error, TemplateError::Malformed { at, .. } if at == "Conditions"),
+        "{error:?}"
+    );
+    let error = template(
+        "",
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "t", "ThingGroups": ["g"]}}"#,
+        "",
+    )
+    .expect_err("thing groups are not modelled");
+    assert!(
+        matches!(&error, TemplateError::Malformed { at, .. } if at == "Resources.thing.Properties.ThingGroups"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn an_invalid_thing_name_is_refused() {
+    let error = repository_template()
+        .evaluate(&with_certificate(&[("SerialNumber", "has space")]))
+        .expect_err("spaces are not allowed in thing names");
+    assert!(
+        error.to_string().contains("not a valid thing name"),
+        "{error}"
+    );
 }

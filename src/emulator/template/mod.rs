@@ -113,7 +113,8 @@ pub enum PolicyPlan {
     /// Attach an existing policy.
     Named(String),
     /// Create (or reuse) a policy from `document`; `name` is the template's `PolicyName`,
-    /// or the lowercase hex SHA-256 of the document.
+    /// or the lowercase hex SHA-256 of the document (an object document is written as
+    /// compact JSON with sorted keys).
     Document { name: String, document: String },
 }
 

@@ -382,7 +382,8 @@ fn policy_name(scope: &Scope<'_>, value: &Value, at: &str) -> Result<String, Tem
     }
 }
 
-/// The document as text (an object is written as compact JSON), validated by the policy
+/// The document as text (an object is written as compact JSON with sorted keys, so its
+/// hash name does not depend on key order), validated by the policy
 /// engine so a bad document fails provisioning rather than every later connection.
 fn policy_document(scope: &Scope<'_>, value: &Value, at: &str) -> Result<String, TemplateError> {
     let document = match scope.evaluate(value, at)? {
