@@ -876,6 +876,23 @@ fn a_reference_to_an_undeclared_parameter_is_refused_when_parsed() {
 }
 
 #[test]
+fn a_sub_naming_an_undeclared_parameter_is_refused_when_parsed() {
+    let error = template(
+        "",
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName":
+             {"Fn::Sub": ["${Local}-${Nope}", {"Local": "x"}]}}}"#,
+        "",
+    )
+    .expect_err("Nope is not declared");
+    assert!(
+        error
+            .to_string()
+            .contains("`Nope` is not a declared parameter"),
+        "{error}"
+    );
+}
+
+#[test]
 fn an_unsupported_resource_type_names_the_resource() {
     let error = template(
         "",

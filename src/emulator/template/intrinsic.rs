@@ -167,27 +167,12 @@ impl<'a> Scope<'a> {
 
     /// `Fn::Sub` in both forms: `"text ${Param}"` and `["text ${Var}", {"Var": value}]`.
     fn substitute(&self, argument: &Value, at: &str) -> Result<String, TemplateError> {
-        let (text, variables) = match argument {
-            Value::String(text) => (text.as_str(), BTreeMap::new()),
-            Value::Array(pair) => match pair.as_slice() {
-                [Value::String(text), Value::Object(variables)] => {
-                    (text.as_str(), self.sub_variables(variables, at)?)
-                }
-                _ => {
-                    return Err(TemplateError::malformed(
-                        at,
-                        "expects a string or [string, {variables}]",
-                    ));
-                }
-            },
-            _ => {
-                return Err(TemplateError::malformed(
-                    at,
-                    "expects a string or [string, {variables}]",
-                ));
-            }
+        let (text, locals) = sub_parts(argument, at)?;
+        let locals = match locals {
+            Some(locals) => self.sub_variables(locals, at)?,
+            None => BTreeMap::new(),
         };
-        render_sub(text, at, |name| match variables.get(name) {
+        render_sub(text, at, |name| match locals.get(name) {
             Some(value) => Ok(value.clone()),
             None => self.parameter(name, at),
         })
@@ -272,8 +257,20 @@ impl<'a> Scope<'a> {
         match (name, argument) {
             ("Ref", Value::String(parameter)) => self.check_declared(parameter, at),
             ("Ref", _) => Err(TemplateError::malformed(at, "Ref takes a parameter name")),
+            ("Fn::Sub", _) => self.check_sub(argument, at),
             _ => self.check(argument, at),
         }
+    }
+
+    /// Every `${Name}` in a `Fn::Sub` names a local variable or a declared parameter.
+    fn check_sub(&self, argument: &Value, at: &str) -> Result<(), TemplateError> {
+        self.check(argument, at)?;
+        let (text, locals) = sub_parts(argument, at)?;
+        let known = |name: &str| match locals.is_some_and(|locals| locals.contains_key(name)) {
+            true => Ok(String::new()),
+            false => self.check_declared(name, at).map(|()| String::new()),
+        };
+        render_sub(text, at, known).map(drop)
     }
 
     fn check_declared(&self, name: &str, at: &str) -> Result<(), TemplateError> {
@@ -286,6 +283,26 @@ impl<'a> Scope<'a> {
 
 fn undeclared(name: &str, at: &str) -> TemplateError {
     TemplateError::malformed(at, format!("`{name}` is not a declared parameter"))
+}
+
+/// The text of a `Fn::Sub` and its local variables, if any.
+type SubParts<'v> = (&'v str, Option<&'v Map<String, Value>>);
+
+fn sub_parts<'v>(argument: &'v Value, at: &str) -> Result<SubParts<'v>, TemplateError> {
+    match argument {
+        Value::String(text) => Ok((text, None)),
+        Value::Array(pair) => match pair.as_slice() {
+            [Value::String(text), Value::Object(locals)] => Ok((text, Some(locals))),
+            _ => Err(TemplateError::malformed(
+                at,
+                "expects a string or [string, {variables}]",
+            )),
+        },
+        _ => Err(TemplateError::malformed(
+            at,
+            "expects a string or [string, {variables}]",
+        )),
+    }
 }
 
 /// A function's argument list, of exactly `N` entries.
