@@ -1003,7 +1003,10 @@ fn a_policy_document_object_is_named_after_its_sha256() {
     )
     .expect("evaluates");
     // Compact JSON with keys in sorted order, so key order in the template does not matter.
-    let document = r#"{"Statement":{"Action":"iot:Publish","Effect":"Allow","Resource":"arn:aws:iot:*:*:topic/SN1"},"Version":"2012-10-17"}"#;
+    let document = concat!(
+        r#"{"Statement":{"Action":"iot:Publish","Effect":"Allow","#,
+        r#""Resource":"arn:aws:iot:*:*:topic/SN1"},"Version":"2012-10-17"}"#
+    );
     let expected = PolicyPlan::Document {
         name: sha256_hex(document),
         document: document.into(),

@@ -44,9 +44,7 @@ pub enum TemplateError {
     Malformed { at: String, reason: String },
     #[error("template uses unknown or unsupported function `{function}` at {at}")]
     UnknownFunction { at: String, function: String },
-    #[error(
-        "template resource `{resource}` has type `{kind}`, which fleet provisioning does not support"
-    )]
+    #[error("template resource `{resource}` has type `{kind}`, unsupported in fleet provisioning")]
     UnsupportedResourceType { resource: String, kind: String },
     #[error("request lacks parameter `{name}`, which the template needs at {at}")]
     MissingParameter { at: String, name: String },
