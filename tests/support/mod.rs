@@ -1,0 +1,75 @@
+//! Fixtures shared by the integration tests: an emulator set up through the
+//! control plane exactly as a run sets it up, and devices built on it.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::time::Duration;
+
+use fleetsim::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
+use fleetsim::device::mqtt::{ConnectSettings, Endpoint, Session, SessionError};
+use fleetsim::emulator::{self, Emulator, EmulatorConfig};
+use fleetsim::identity::Credentials;
+use fleetsim::identity::tls::client_config;
+
+pub const TEMPLATE: &str = "fleetsim-fleet";
+
+/// A running emulator configured with the repository's policies and template.
+pub struct Target {
+    pub emulator: Emulator,
+    pub control: ControlPlane,
+    pub setup: SetupOutput,
+}
+
+pub async fn configured_emulator(certificate_validity: Duration) -> Target {
+    let emulator = Emulator::start(EmulatorConfig {
+        certificate_validity,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("emulator starts on loopback");
+    let control = ControlPlane::for_endpoint(&emulator.control_url(), emulator::REGION);
+    let names = SetupNames {
+        account_id: emulator::ACCOUNT_ID.to_owned(),
+        region: emulator::REGION.to_owned(),
+        claim_policy: "fleetsim-claim".to_owned(),
+        device_policy: "fleetsim-device".to_owned(),
+        template: TEMPLATE.to_owned(),
+        provisioning_role_arn: "arn:aws:iam::123456789012:role/fleetsim-provisioning".to_owned(),
+    };
+    let spec = SetupSpec::load(names, std::path::Path::new("policies")).expect("repository policies load");
+    let setup = control.setup(&spec).await.expect("setup through the control plane");
+    Target {
+        emulator,
+        control,
+        setup,
+    }
+}
+
+impl Target {
+    pub fn settings(&self) -> ConnectSettings {
+        ConnectSettings {
+            endpoint: Endpoint {
+                host: "localhost".to_owned(),
+                port: self.emulator.mqtt_addr().port(),
+            },
+            keep_alive: Duration::from_secs(60),
+            step_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn claim(&self) -> Credentials {
+        Credentials {
+            certificate_pem: self.setup.claim_certificate_pem.clone(),
+            private_key_pem: self.setup.claim_private_key_pem.clone(),
+        }
+    }
+
+    pub async fn connect(&self, client_id: &str, credentials: &Credentials) -> Result<Session, SessionError> {
+        let tls = client_config(self.emulator.root_pem(), credentials).expect("test credentials are valid PEM");
+        Session::connect(&self.settings(), client_id, tls).await
+    }
+
+    pub async fn connect_claim(&self, client_id: &str) -> Session {
+        self.connect(client_id, &self.claim()).await.expect("claim certificate connects")
+    }
+}
