@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::Service;
 use super::error::ApiError;
 use super::request::{Call, epoch_seconds};
+use crate::emulator::ca::CaError;
 use crate::emulator::registry::{CertificateRecord, CertificateStatus, NewCertificate};
 
 #[derive(Deserialize)]
@@ -30,7 +31,7 @@ pub(super) fn create_from_csr(service: &Service, call: &Call) -> Result<Value, A
     let issued = service
         .ca
         .sign_csr(&csr, service.settings.certificate_validity)
-        .map_err(|e| ApiError::InvalidRequest(format!("certificate signing request refused: {e}")))?;
+        .map_err(signing_refusal)?;
     let record = service.registry.insert_certificate(NewCertificate {
         id: issued.id,
         pem: issued.pem,
@@ -50,12 +51,24 @@ pub(super) fn describe(service: &Service, certificate_id: &str) -> Result<Value,
     Ok(json!({ "certificateDescription": description(&record) }))
 }
 
-pub(super) fn update(service: &Service, call: &Call, certificate_id: &str) -> Result<Value, ApiError> {
+pub(super) fn update(
+    service: &Service,
+    call: &Call,
+    certificate_id: &str,
+) -> Result<Value, ApiError> {
     let id = parse_certificate_id(certificate_id)?;
     let status = settable_status(call.query("newStatus"))?;
     service.registry.set_certificate_status(&id, status)?;
     tracing::debug!(certificate_id = %id, status = status.as_str(), "certificate status updated");
     Ok(json!({}))
+}
+
+/// A bad CSR is the caller's fault; a CA that cannot sign is ours.
+fn signing_refusal(error: CaError) -> ApiError {
+    match error {
+        CaError::Signing(_) => ApiError::InternalFailure(error.to_string()),
+        _ => ApiError::InvalidRequest(format!("certificateSigningRequest refused: {error}")),
+    }
 }
 
 fn find(service: &Service, certificate_id: &str) -> Result<CertificateRecord, ApiError> {
@@ -133,6 +146,9 @@ mod tests {
         assert!(settable_status(Some("PENDING_ACTIVATION")).is_err());
         assert!(settable_status(Some("PENDING_TRANSFER")).is_err());
         assert!(settable_status(None).is_err());
-        assert_eq!(settable_status(Some("REVOKED")), Ok(CertificateStatus::Revoked));
+        assert_eq!(
+            settable_status(Some("REVOKED")),
+            Ok(CertificateStatus::Revoked)
+        );
     }
 }

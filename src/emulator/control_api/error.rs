@@ -31,6 +31,8 @@ pub(super) enum ApiError {
     LimitExceeded(String),
     #[error("{0}")]
     UnknownOperation(String),
+    #[error("{0}")]
+    InternalFailure(String),
 }
 
 impl ApiError {
@@ -44,6 +46,7 @@ impl ApiError {
             ApiError::CertificateState(_) => "CertificateStateException",
             ApiError::LimitExceeded(_) => "LimitExceededException",
             ApiError::UnknownOperation(_) => "UnknownOperationException",
+            ApiError::InternalFailure(_) => "InternalFailureException",
         }
     }
 
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::CertificateState(_) => "certificate_state",
             ApiError::LimitExceeded(_) => "limit_exceeded",
             ApiError::UnknownOperation(_) => "unknown_operation",
+            ApiError::InternalFailure(_) => "internal_failure",
         }
     }
 
@@ -85,6 +89,7 @@ impl ApiError {
             ApiError::CertificateState(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::ResourceAlreadyExists { .. } => StatusCode::CONFLICT,
             ApiError::LimitExceeded(_) => StatusCode::GONE,
+            ApiError::InternalFailure(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -137,7 +142,8 @@ mod tests {
 
     #[test]
     fn error_response_carries_code_header_status_and_message() {
-        let response = ApiError::CertificateState("certificate x is revoked".into()).into_response();
+        let response =
+            ApiError::CertificateState("certificate x is revoked".into()).into_response();
 
         assert_eq!(response.status(), StatusCode::NOT_ACCEPTABLE);
         assert_eq!(
@@ -158,7 +164,10 @@ mod tests {
             to: "ACTIVE",
         };
 
-        assert_eq!(ApiError::from(not_found).code(), "ResourceNotFoundException");
+        assert_eq!(
+            ApiError::from(not_found).code(),
+            "ResourceNotFoundException"
+        );
         assert_eq!(ApiError::from(revoked).code(), "CertificateStateException");
     }
 }

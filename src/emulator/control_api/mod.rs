@@ -81,7 +81,8 @@ impl ControlApi {
         });
         let router = Router::new().fallback(handle).with_state(service);
         let stop = CancellationToken::new();
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let server =
+            axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let task = tokio::spawn(async move {
             if let Err(error) = server.await {
                 tracing::warn!(%error, "control-plane server stopped");
@@ -118,8 +119,11 @@ impl ControlApiHandle {
 async fn handle(State(service): State<Arc<Service>>, request: Request) -> Response {
     let request_id = request::request_id();
     let span = tracing::debug_span!("control_request", request_id = %request_id, operation = tracing::field::Empty);
-    let mut response = serve(&service, request, &span).instrument(span.clone()).await;
-    let header = HeaderValue::from_str(&request_id).expect("invariant: request ids are hex and dashes");
+    let mut response = serve(&service, request, &span)
+        .instrument(span.clone())
+        .await;
+    let header =
+        HeaderValue::from_str(&request_id).expect("invariant: request ids are hex and dashes");
     response.headers_mut().insert("x-amzn-requestid", header);
     response
 }
@@ -141,7 +145,11 @@ async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Res
 async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| ApiError::InvalidRequest(format!("request body unreadable or over {MAX_BODY_BYTES} bytes")))
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!(
+                "request body unreadable or over {MAX_BODY_BYTES} bytes"
+            ))
+        })
 }
 
 fn dispatch(service: &Service, operation: &Operation, call: &Call) -> Result<Value, ApiError> {
@@ -151,10 +159,16 @@ fn dispatch(service: &Service, operation: &Operation, call: &Call) -> Result<Val
         Operation::AttachPolicy { policy } => policies::attach(service, call, policy),
         Operation::DetachPolicy { policy } => policies::detach(service, call, policy),
         Operation::CreateProvisioningTemplate => templates::create(service, call),
-        Operation::DescribeProvisioningTemplate { template } => templates::describe(service, template),
+        Operation::DescribeProvisioningTemplate { template } => {
+            templates::describe(service, template)
+        }
         Operation::CreateCertificateFromCsr => certificates::create_from_csr(service, call),
-        Operation::DescribeCertificate { certificate_id } => certificates::describe(service, certificate_id),
-        Operation::UpdateCertificate { certificate_id } => certificates::update(service, call, certificate_id),
+        Operation::DescribeCertificate { certificate_id } => {
+            certificates::describe(service, certificate_id)
+        }
+        Operation::UpdateCertificate { certificate_id } => {
+            certificates::update(service, call, certificate_id)
+        }
         Operation::DescribeThing { thing } => things::describe(service, thing),
         Operation::AttachThingPrincipal { thing } => things::attach_principal(service, call, thing),
         Operation::DetachThingPrincipal { thing } => things::detach_principal(service, call, thing),

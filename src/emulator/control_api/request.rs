@@ -54,7 +54,11 @@ impl Call {
     /// The JSON body; an empty body reads as `{}`, as the SDK sends for
     /// operations whose input has no body members.
     pub(super) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let body: &[u8] = if self.body.is_empty() { b"{}" } else { &self.body };
+        let body: &[u8] = if self.body.is_empty() {
+            b"{}"
+        } else {
+            &self.body
+        };
         serde_json::from_slice(body)
             .map_err(|e| ApiError::InvalidRequest(format!("malformed request body: {e}")))
     }

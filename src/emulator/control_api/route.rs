@@ -39,9 +39,9 @@ impl Operation {
             ("PUT", ["target-policies", _]) => Operation::AttachPolicy { policy: label(1)? },
             ("POST", ["target-policies", _]) => Operation::DetachPolicy { policy: label(1)? },
             ("POST", ["provisioning-templates"]) => Operation::CreateProvisioningTemplate,
-            ("GET", ["provisioning-templates", _]) => {
-                Operation::DescribeProvisioningTemplate { template: label(1)? }
-            }
+            ("GET", ["provisioning-templates", _]) => Operation::DescribeProvisioningTemplate {
+                template: label(1)?,
+            },
             ("POST", ["certificates"]) => Operation::CreateCertificateFromCsr,
             ("GET", ["certificates", _]) => Operation::DescribeCertificate {
                 certificate_id: label(1)?,

@@ -34,29 +34,48 @@ pub(super) fn describe(service: &Service, name: &str) -> Result<Value, ApiError>
     }))
 }
 
-pub(super) fn attach_principal(service: &Service, call: &Call, thing: &str) -> Result<Value, ApiError> {
+pub(super) fn attach_principal(
+    service: &Service,
+    call: &Call,
+    thing: &str,
+) -> Result<Value, ApiError> {
     if call.query("thingPrincipalType") == Some("EXCLUSIVE_THING") {
         return Err(ApiError::InvalidRequest(
             "exclusive thing attachments are not supported by the emulator".into(),
         ));
     }
     let certificate_id = principal_certificate(call)?;
-    service.registry.attach_thing_principal(thing, &certificate_id)?;
+    service
+        .registry
+        .attach_thing_principal(thing, &certificate_id)?;
     Ok(json!({}))
 }
 
-pub(super) fn detach_principal(service: &Service, call: &Call, thing: &str) -> Result<Value, ApiError> {
+pub(super) fn detach_principal(
+    service: &Service,
+    call: &Call,
+    thing: &str,
+) -> Result<Value, ApiError> {
     let certificate_id = principal_certificate(call)?;
-    service.registry.detach_thing_principal(thing, &certificate_id)?;
+    service
+        .registry
+        .detach_thing_principal(thing, &certificate_id)?;
     Ok(json!({}))
 }
 
-pub(super) fn list_principals(service: &Service, call: &Call, thing: &str) -> Result<Value, ApiError> {
+pub(super) fn list_principals(
+    service: &Service,
+    call: &Call,
+    thing: &str,
+) -> Result<Value, ApiError> {
     let page_size = page_size(call.query("maxResults"))?;
     let after = call.query("nextToken").map(page_token).transpose()?;
     let ids = service.registry.thing_principals(thing)?;
     let (page, next_token) = page_of(&ids, after.as_deref(), page_size);
-    let principals: Vec<String> = page.iter().map(|id| service.registry.arn("cert", id)).collect();
+    let principals: Vec<String> = page
+        .iter()
+        .map(|id| service.registry.arn("cert", id))
+        .collect();
     let mut output = json!({ "principals": principals });
     if let Some(token) = next_token {
         output["nextToken"] = json!(token);
@@ -66,11 +85,17 @@ pub(super) fn list_principals(service: &Service, call: &Call, thing: &str) -> Re
 
 /// The page after `after` in the sorted ids, and the token for the next
 /// page when more remain.
-fn page_of<'a>(ids: &'a [String], after: Option<&str>, size: usize) -> (&'a [String], Option<&'a str>) {
+fn page_of<'a>(
+    ids: &'a [String],
+    after: Option<&str>,
+    size: usize,
+) -> (&'a [String], Option<&'a str>) {
     let start = after.map_or(0, |after| ids.partition_point(|id| id.as_str() <= after));
     let end = ids.len().min(start + size);
     let page = &ids[start..end];
-    let next = (end < ids.len()).then(|| page.last().map(String::as_str)).flatten();
+    let next = (end < ids.len())
+        .then(|| page.last().map(String::as_str))
+        .flatten();
     (page, next)
 }
 
@@ -87,8 +112,9 @@ fn page_size(text: Option<&str>) -> Result<usize, ApiError> {
 }
 
 fn page_token(text: &str) -> Result<String, ApiError> {
-    parse_certificate_id(text)
-        .map_err(|_| ApiError::InvalidRequest(format!("nextToken {text} was not issued by this service")))
+    parse_certificate_id(text).map_err(|_| {
+        ApiError::InvalidRequest(format!("nextToken {text} was not issued by this service"))
+    })
 }
 
 fn principal_certificate(call: &Call) -> Result<String, ApiError> {
