@@ -153,6 +153,22 @@ async fn setup_from_the_repository_policies_creates_everything_the_fleet_needs()
 }
 
 #[tokio::test]
+async fn setup_from_the_builtin_policies_works_without_a_policy_directory() {
+    let emulator = emulator().await;
+    let spec = SetupSpec::builtin(names()).expect("builtin policies render");
+
+    let output = emulator.control.setup(&spec).await.expect("setup");
+
+    assert!(emulator.registry.policy("fleetsim-device").is_some());
+    assert!(
+        emulator
+            .registry
+            .certificate(&output.claim_certificate_id)
+            .is_some()
+    );
+}
+
+#[tokio::test]
 async fn resources_created_by_setup_read_back_through_the_sdk() {
     let emulator = emulator().await;
     emulator

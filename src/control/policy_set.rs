@@ -14,6 +14,10 @@ pub const CLAIM_POLICY_FILE: &str = "claim-policy.json";
 pub const DEVICE_POLICY_FILE: &str = "device-policy.json";
 pub const PROVISIONING_TEMPLATE_FILE: &str = "provisioning-template.json";
 
+const BUILTIN_CLAIM_POLICY: &str = include_str!("../../policies/claim-policy.json");
+const BUILTIN_DEVICE_POLICY: &str = include_str!("../../policies/device-policy.json");
+const BUILTIN_TEMPLATE: &str = include_str!("../../policies/provisioning-template.json");
+
 /// The three documents `setup` creates, placeholders filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySet {
@@ -33,15 +37,38 @@ impl PolicySet {
             provisioning_template: load_file(&dir.join(PROVISIONING_TEMPLATE_FILE), vars)?,
         })
     }
+
+    /// The repository's files as compiled into this binary, for runs that
+    /// name no policy directory.
+    pub fn builtin(vars: &BTreeMap<String, String>) -> Result<PolicySet, ControlError> {
+        let builtin =
+            |file: &str, text: &str| render_file(&Path::new("builtin").join(file), text, vars);
+        Ok(PolicySet {
+            claim_policy: builtin(CLAIM_POLICY_FILE, BUILTIN_CLAIM_POLICY)?,
+            device_policy: builtin(DEVICE_POLICY_FILE, BUILTIN_DEVICE_POLICY)?,
+            provisioning_template: builtin(PROVISIONING_TEMPLATE_FILE, BUILTIN_TEMPLATE)?,
+        })
+    }
 }
 
 fn load_file(path: &Path, vars: &BTreeMap<String, String>) -> Result<String, ControlError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ControlError::PolicyFile {
+        path: PathBuf::from(path),
+        reason: format!("cannot be read: {e}"),
+    })?;
+    render_file(path, &text, vars)
+}
+
+fn render_file(
+    path: &Path,
+    text: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, ControlError> {
     let fault = |reason: String| ControlError::PolicyFile {
         path: PathBuf::from(path),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| fault(format!("cannot be read: {e}")))?;
-    let rendered = render(&text, vars).map_err(fault)?;
+    let rendered = render(text, vars).map_err(fault)?;
     serde_json::from_str::<serde_json::Value>(&rendered)
         .map_err(|e| fault(format!("is not valid JSON once rendered: {e}")))?;
     Ok(rendered)
@@ -111,6 +138,15 @@ mod tests {
     #[test]
     fn an_unclosed_placeholder_is_refused() {
         assert!(render("abc {{region", &vars()).is_err());
+    }
+
+    #[test]
+    fn a_builtin_file_with_an_unset_placeholder_is_named() {
+        let error = PolicySet::builtin(&vars()).unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("builtin/claim-policy.json"), "{message}");
+        assert!(message.contains("{{template}}"), "{message}");
     }
 
     #[test]

@@ -52,6 +52,12 @@ impl SetupSpec {
         let files = PolicySet::load(dir, &names.placeholders())?;
         Ok(SetupSpec { names, files })
     }
+
+    /// Renders the policy files compiled into the binary for `names`.
+    pub fn builtin(names: SetupNames) -> Result<SetupSpec, ControlError> {
+        let files = PolicySet::builtin(&names.placeholders())?;
+        Ok(SetupSpec { names, files })
+    }
 }
 
 /// The claim identity the fleet provisions with, and where to connect.
