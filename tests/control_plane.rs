@@ -381,9 +381,17 @@ async fn an_unknown_certificate_id_is_resource_not_found_with_a_request_id() {
             .is_some_and(|m| m.contains(&unknown))
     );
     assert!(raw.request_id().is_some_and(|id| id.len() == 36));
-    assert!(
-        matches!(&mapped, ControlError::NotFound { operation: "DescribeCertificate", resource, .. } if resource == &unknown),
-        "{mapped}"
+    let ControlError::NotFound {
+        operation,
+        resource,
+        ..
+    } = &mapped
+    else {
+        panic!("expected not found, got {mapped}");
+    };
+    assert_eq!(
+        (*operation, resource.as_str()),
+        ("DescribeCertificate", unknown.as_str())
     );
     assert!(mapped.to_string().starts_with("DescribeCertificate abab"));
 }
@@ -666,4 +674,40 @@ async fn concurrent_requests_from_one_shared_client_are_all_answered() {
         let summary = call.await.expect("task").expect("described");
         assert_eq!(summary.status, "ACTIVE");
     }
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_operation_and_outcome() {
+    // The test runtime is single-threaded, so the server's tasks record
+    // into this thread's recorder.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let emulator = emulator().await;
+    let id = emulator.certificate(CertificateStatus::Active);
+
+    emulator
+        .control
+        .describe_certificate(&id)
+        .await
+        .expect("described");
+    let _ = emulator
+        .control
+        .describe_certificate(&"ab".repeat(32))
+        .await;
+
+    let text = metrics.render();
+    let counter = "fleetsim_emulator_control_requests_total";
+    assert!(
+        text.contains(&format!(
+            "{counter}{{operation=\"DescribeCertificate\",outcome=\"ok\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{counter}{{operation=\"DescribeCertificate\",outcome=\"resource_not_found\"}} 1"
+        )),
+        "{text}"
+    );
 }

@@ -144,7 +144,7 @@ impl ControlPlane {
         match result.map_err(|e| ControlError::from_sdk("CreateProvisioningTemplate", name, e)) {
             Ok(_) => Ok(()),
             Err(ControlError::AlreadyExists { .. }) => {
-                tracing::info!(template = %name, "provisioning template already exists; kept as it is");
+                tracing::info!(template = %name, "template already exists; kept as it is");
                 Ok(())
             }
             Err(error) => Err(error),

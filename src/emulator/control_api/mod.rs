@@ -118,7 +118,11 @@ impl ControlApiHandle {
 
 async fn handle(State(service): State<Arc<Service>>, request: Request) -> Response {
     let request_id = request::request_id();
-    let span = tracing::debug_span!("control_request", request_id = %request_id, operation = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "control_request",
+        request_id = %request_id,
+        operation = tracing::field::Empty,
+    );
     let mut response = serve(&service, request, &span)
         .instrument(span.clone())
         .await;

@@ -77,7 +77,8 @@ fn target_certificate(call: &Call) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::InvalidRequest("target is required".into()))?;
     let id = Registry::certificate_id_from_arn(&target).ok_or_else(|| {
         ApiError::InvalidRequest(format!(
-            "target {target} is not a certificate ARN; the emulator attaches policies only to certificates"
+            "target {target} is not a certificate ARN; \
+             the emulator attaches policies only to certificates"
         ))
     })?;
     super::certificates::parse_certificate_id(id)
