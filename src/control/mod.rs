@@ -1,1 +1,214 @@
-//! The control plane through `aws-sdk-iot` (placeholder; being written).
+//! The AWS IoT control plane through `aws-sdk-iot`: setup of policies,
+//! template and claim certificate, and the detach-and-revoke step that ends
+//! a rotation. The same client drives real AWS and the local emulator.
+//!
+//! A [`ControlPlane`] is built once and cloned cheaply; the SDK keeps its
+//! default retry policy (which retries throttling), the timeouts are ours.
+
+mod error;
+mod policy_set;
+mod setup;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_iot::Client;
+use aws_sdk_iot::config::timeout::TimeoutConfig;
+use aws_sdk_iot::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_iot::primitives::DateTime;
+use aws_sdk_iot::types::CertificateStatus;
+
+pub use self::error::ControlError;
+pub use self::policy_set::{
+    CLAIM_POLICY_FILE, DEVICE_POLICY_FILE, PROVISIONING_TEMPLATE_FILE, PolicySet, render,
+};
+pub use self::setup::{SetupNames, SetupOutput, SetupSpec};
+
+/// Time allowed to open a connection to the endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed for one attempt, from sending to the whole answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for an operation, retries included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A shared control-plane client.
+#[derive(Clone)]
+pub struct ControlPlane {
+    client: Client,
+    /// `arn:<partition>:iot:<region>:<account>:cert/`, learned from the
+    /// first certificate described, so that later calls can name a
+    /// certificate by ARN without asking again.
+    certificate_arn_prefix: Arc<OnceLock<String>>,
+}
+
+/// What DescribeCertificate says about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    pub id: String,
+    /// AWS's wire name: `ACTIVE`, `INACTIVE`, `REVOKED`, ...
+    pub status: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl ControlPlane {
+    /// A client for an endpoint override such as the local emulator, with
+    /// static credentials: the SDK must sign, the emulator does not check.
+    pub fn for_endpoint(url: &str, region: &str) -> ControlPlane {
+        let credentials =
+            Credentials::new("fleetsim", "fleetsim-local", None, None, "fleetsim-static");
+        let config = aws_sdk_iot::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .credentials_provider(credentials)
+            .endpoint_url(url)
+            .timeout_config(timeouts())
+            .build();
+        ControlPlane::from_client(Client::from_conf(config))
+    }
+
+    /// A client for real AWS, configured by the SDK's default chain
+    /// (environment, profile, SSO, instance role); `region` overrides it.
+    pub async fn from_environment(region: Option<String>) -> ControlPlane {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts());
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
+        }
+        let shared = loader.load().await;
+        ControlPlane::from_client(Client::new(&shared))
+    }
+
+    fn from_client(client: Client) -> ControlPlane {
+        ControlPlane {
+            client,
+            certificate_arn_prefix: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The raw SDK client, for operations this type does not wrap.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Ends a certificate's life after rotation: detaches it from `thing`,
+    /// then revokes it, which closes its connections. Safe to repeat.
+    pub async fn retire_certificate(
+        &self,
+        thing: &str,
+        certificate_id: &str,
+    ) -> Result<(), ControlError> {
+        let arn = self.certificate_arn(certificate_id).await?;
+        self.client
+            .detach_thing_principal()
+            .thing_name(thing)
+            .principal(&arn)
+            .send()
+            .await
+            .map_err(|e| ControlError::from_sdk("DetachThingPrincipal", thing, e))?;
+        self.client
+            .update_certificate()
+            .certificate_id(certificate_id)
+            .new_status(CertificateStatus::Revoked)
+            .send()
+            .await
+            .map_err(|e| ControlError::from_sdk("UpdateCertificate", certificate_id, e))?;
+        tracing::debug!(thing, certificate_id, "certificate detached and revoked");
+        Ok(())
+    }
+
+    pub async fn describe_certificate(
+        &self,
+        certificate_id: &str,
+    ) -> Result<CertificateSummary, ControlError> {
+        const OPERATION: &str = "DescribeCertificate";
+        let output = self
+            .client
+            .describe_certificate()
+            .certificate_id(certificate_id)
+            .send()
+            .await
+            .map_err(|e| ControlError::from_sdk(OPERATION, certificate_id, e))?;
+        let missing = |field: &str| ControlError::Protocol {
+            operation: OPERATION,
+            resource: certificate_id.to_owned(),
+            cause: format!("{field} missing or out of range"),
+        };
+        let description = output
+            .certificate_description
+            .ok_or_else(|| missing("certificateDescription"))?;
+        if let Some(arn) = description.certificate_arn() {
+            self.remember_arn_prefix(arn);
+        }
+        let validity = description.validity().ok_or_else(|| missing("validity"))?;
+        Ok(CertificateSummary {
+            id: certificate_id.to_owned(),
+            status: description
+                .status()
+                .ok_or_else(|| missing("status"))?
+                .as_str()
+                .to_owned(),
+            not_before: system_time(validity.not_before()).ok_or_else(|| missing("notBefore"))?,
+            not_after: system_time(validity.not_after()).ok_or_else(|| missing("notAfter"))?,
+        })
+    }
+
+    /// The ids of every certificate attached to `thing`, across all pages.
+    pub async fn list_thing_principals(&self, thing: &str) -> Result<Vec<String>, ControlError> {
+        let mut pages = self
+            .client
+            .list_thing_principals()
+            .thing_name(thing)
+            .into_paginator()
+            .send();
+        let mut ids = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| ControlError::from_sdk("ListThingPrincipals", thing, e))?;
+            ids.extend(
+                page.principals()
+                    .iter()
+                    .filter_map(|arn| certificate_id_of(arn)),
+            );
+        }
+        Ok(ids)
+    }
+
+    async fn certificate_arn(&self, certificate_id: &str) -> Result<String, ControlError> {
+        if self.certificate_arn_prefix.get().is_none() {
+            self.describe_certificate(certificate_id).await?;
+        }
+        let prefix = self
+            .certificate_arn_prefix
+            .get()
+            .ok_or_else(|| ControlError::Protocol {
+                operation: "DescribeCertificate",
+                resource: certificate_id.to_owned(),
+                cause: "certificateArn missing from the answer".to_owned(),
+            })?;
+        Ok(format!("{prefix}{certificate_id}"))
+    }
+
+    fn remember_arn_prefix(&self, arn: &str) {
+        if let Some(end) = arn.rfind(":cert/") {
+            let _ = self
+                .certificate_arn_prefix
+                .set(arn[..end + ":cert/".len()].to_owned());
+        }
+    }
+}
+
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
+/// The id of a certificate ARN; principals of other kinds give `None`.
+fn certificate_id_of(arn: &str) -> Option<String> {
+    arn.rsplit_once(":cert/").map(|(_, id)| id.to_owned())
+}
+
+fn system_time(time: Option<&DateTime>) -> Option<SystemTime> {
+    time.and_then(|t| SystemTime::try_from(*t).ok())
+}

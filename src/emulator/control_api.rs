@@ -1,1 +1,0 @@
-//! The control-plane REST API (placeholder; being written).

@@ -1,0 +1,212 @@
+//! The emulator's control plane: the subset of the AWS IoT REST API that
+//! fleetsim uses, served over loopback HTTP in restJson1 shapes so that the
+//! real `aws-sdk-iot` client drives the emulator and AWS through one path.
+//!
+//! Signatures are not checked; every request is answered from the shared
+//! [`Registry`], with AWS's error codes, and counted by operation and outcome.
+
+mod certificates;
+mod error;
+mod policies;
+mod request;
+mod route;
+mod templates;
+mod things;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument;
+
+use self::error::ApiError;
+use self::request::Call;
+use self::route::Operation;
+use super::ca::CertificateAuthority;
+use super::registry::Registry;
+
+/// Requests larger than this are refused; the largest legitimate body is a
+/// 10 KiB template or a 4 KiB CSR.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the control plane needs besides the registry and the CA.
+#[derive(Debug, Clone)]
+pub struct ControlApiSettings {
+    /// The MQTT endpoint returned by DescribeEndpoint.
+    pub endpoint_address: String,
+    /// The lifetime of certificates issued by CreateCertificateFromCsr.
+    pub certificate_validity: Duration,
+}
+
+/// The control-plane server.
+pub struct ControlApi;
+
+/// A running control-plane server; dropping it stops the server too.
+pub struct ControlApiHandle {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+    stop: DropGuard,
+}
+
+struct Service {
+    registry: Arc<Registry>,
+    ca: Arc<CertificateAuthority>,
+    settings: ControlApiSettings,
+}
+
+impl ControlApi {
+    /// Binds `bind` and serves until the handle is shut down or dropped.
+    /// Keep-alive connections are served concurrently, one task each.
+    pub async fn start(
+        bind: SocketAddr,
+        registry: Arc<Registry>,
+        ca: Arc<CertificateAuthority>,
+        settings: ControlApiSettings,
+    ) -> std::io::Result<ControlApiHandle> {
+        let listener = TcpListener::bind(bind).await?;
+        let local_addr = listener.local_addr()?;
+        let service = Arc::new(Service {
+            registry,
+            ca,
+            settings,
+        });
+        let router = Router::new().fallback(handle).with_state(service);
+        let stop = CancellationToken::new();
+        let server =
+            axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let task = tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::warn!(%error, "control-plane server stopped");
+            }
+        });
+        tracing::info!(%local_addr, "control-plane API listening");
+        Ok(ControlApiHandle {
+            local_addr,
+            task,
+            stop: stop.drop_guard(),
+        })
+    }
+}
+
+impl ControlApiHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The base URL to give the SDK as its endpoint override.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(self) {
+        drop(self.stop);
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "control-plane server task failed");
+        }
+    }
+}
+
+async fn handle(State(service): State<Arc<Service>>, request: Request) -> Response {
+    let request_id = request::request_id();
+    let span = tracing::debug_span!(
+        "control_request",
+        request_id = %request_id,
+        operation = tracing::field::Empty,
+    );
+    let mut response = serve(&service, request, &span)
+        .instrument(span.clone())
+        .await;
+    let header =
+        HeaderValue::from_str(&request_id).expect("invariant: request ids are hex and dashes");
+    response.headers_mut().insert("x-amzn-requestid", header);
+    response
+}
+
+async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Response {
+    let (parts, body) = request.into_parts();
+    let operation = match Operation::route(&parts.method, parts.uri.path()) {
+        Ok(operation) => operation,
+        Err(error) => return finish("unknown", Err(error)),
+    };
+    span.record("operation", operation.name());
+    let result = match read_body(body).await {
+        Ok(body) => Call::new(&parts, body).and_then(|call| dispatch(service, &operation, &call)),
+        Err(error) => Err(error),
+    };
+    finish(operation.name(), result)
+}
+
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!(
+                "request body unreadable or over {MAX_BODY_BYTES} bytes"
+            ))
+        })
+}
+
+fn dispatch(service: &Service, operation: &Operation, call: &Call) -> Result<Value, ApiError> {
+    match operation {
+        Operation::CreatePolicy { policy } => policies::create(service, call, policy),
+        Operation::GetPolicy { policy } => policies::get(service, policy),
+        Operation::AttachPolicy { policy } => policies::attach(service, call, policy),
+        Operation::DetachPolicy { policy } => policies::detach(service, call, policy),
+        Operation::CreateProvisioningTemplate => templates::create(service, call),
+        Operation::DescribeProvisioningTemplate { template } => {
+            templates::describe(service, template)
+        }
+        Operation::CreateCertificateFromCsr => certificates::create_from_csr(service, call),
+        Operation::DescribeCertificate { certificate_id } => {
+            certificates::describe(service, certificate_id)
+        }
+        Operation::UpdateCertificate { certificate_id } => {
+            certificates::update(service, call, certificate_id)
+        }
+        Operation::DescribeThing { thing } => things::describe(service, thing),
+        Operation::AttachThingPrincipal { thing } => things::attach_principal(service, call, thing),
+        Operation::DetachThingPrincipal { thing } => things::detach_principal(service, call, thing),
+        Operation::ListThingPrincipals { thing } => things::list_principals(service, call, thing),
+        Operation::DescribeEndpoint => describe_endpoint(service, call),
+    }
+}
+
+/// Only the data endpoints exist here; the credential provider and jobs
+/// endpoints are refused rather than answered with a wrong address.
+fn describe_endpoint(service: &Service, call: &Call) -> Result<Value, ApiError> {
+    match call.query("endpointType") {
+        None | Some("iot:Data") | Some("iot:Data-ATS") => {
+            Ok(json!({ "endpointAddress": service.settings.endpoint_address }))
+        }
+        Some(other) => Err(ApiError::InvalidRequest(format!(
+            "endpoint type {other} is not served by the emulator"
+        ))),
+    }
+}
+
+fn finish(operation: &'static str, result: Result<Value, ApiError>) -> Response {
+    let outcome = result.as_ref().map_or_else(ApiError::outcome, |_| "ok");
+    metrics::counter!(
+        "fleetsim_emulator_control_requests_total",
+        "operation" => operation,
+        "outcome" => outcome,
+    )
+    .increment(1);
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(error) => {
+            tracing::debug!(code = error.code(), message = %error, "control request refused");
+            error.into_response()
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! CreatePolicy, GetPolicy, AttachPolicy and DetachPolicy.
+//!
+//! Documents are parsed by the registry on creation, so a document the
+//! broker could not evaluate is refused here with `MalformedPolicyException`.
+//! Only certificate ARNs are accepted as targets; thing groups are not kept.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Service;
+use super::error::ApiError;
+use super::request::{Call, epoch_seconds};
+use crate::emulator::registry::Registry;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateInput {
+    policy_document: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TargetInput {
+    target: Option<String>,
+}
+
+pub(super) fn create(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
+    check_policy_name(name)?;
+    let input: CreateInput = call.json()?;
+    let document = input
+        .policy_document
+        .ok_or_else(|| ApiError::InvalidRequest("policyDocument is required".into()))?;
+    let record = service
+        .registry
+        .create_policy(name, &document)
+        .map_err(|e| ApiError::from(e).with_resource_arn(service.registry.arn("policy", name)))?;
+    Ok(json!({
+        "policyName": record.name,
+        "policyArn": record.arn,
+        "policyDocument": record.document,
+        "policyVersionId": "1",
+    }))
+}
+
+pub(super) fn get(service: &Service, name: &str) -> Result<Value, ApiError> {
+    let record = service
+        .registry
+        .policy(name)
+        .ok_or_else(|| ApiError::ResourceNotFound(format!("policy {name} does not exist")))?;
+    let created = epoch_seconds(record.created_at);
+    Ok(json!({
+        "policyName": record.name,
+        "policyArn": record.arn,
+        "policyDocument": record.document,
+        "defaultVersionId": "1",
+        "creationDate": created,
+        "lastModifiedDate": created,
+        "generationId": "1",
+    }))
+}
+
+pub(super) fn attach(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
+    let certificate_id = target_certificate(call)?;
+    service.registry.attach_policy(name, &certificate_id)?;
+    Ok(json!({}))
+}
+
+pub(super) fn detach(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
+    let certificate_id = target_certificate(call)?;
+    service.registry.detach_policy(name, &certificate_id)?;
+    Ok(json!({}))
+}
+
+fn target_certificate(call: &Call) -> Result<String, ApiError> {
+    let input: TargetInput = call.json()?;
+    let target = input
+        .target
+        .ok_or_else(|| ApiError::InvalidRequest("target is required".into()))?;
+    let id = Registry::certificate_id_from_arn(&target).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "target {target} is not a certificate ARN; \
+             the emulator attaches policies only to certificates"
+        ))
+    })?;
+    super::certificates::parse_certificate_id(id)
+}
+
+/// Policy names follow the model's `[\w+=,.@-]+`, 1 to 128 characters.
+fn check_policy_name(name: &str) -> Result<(), ApiError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c);
+    if name.len() <= 128 && name.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(format!(
+            "policy name {name} must be 1-128 characters of [A-Za-z0-9_+=,.@-]"
+        )))
+    }
+}
