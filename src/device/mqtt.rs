@@ -177,6 +177,20 @@ impl Session {
         }
     }
 
+    /// The next message delivered to this connection within `wait`, if any.
+    pub async fn next_message(&mut self, wait: Duration) -> Result<Option<(String, bytes::Bytes)>, SessionError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.notices.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(Some(Notice::Message { topic, payload })) => return Ok(Some((topic, payload))),
+                Ok(Some(Notice::Closed(error))) => return Err(error),
+                Ok(None) => return Err(closed()),
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
     /// Whether the connection has ended, without waiting.
     pub fn closed_reason(&mut self) -> Option<SessionError> {
         while let Ok(notice) = self.notices.try_recv() {

@@ -36,8 +36,12 @@ pub async fn configured_emulator(certificate_validity: Duration) -> Target {
         template: TEMPLATE.to_owned(),
         provisioning_role_arn: "arn:aws:iam::123456789012:role/fleetsim-provisioning".to_owned(),
     };
-    let spec = SetupSpec::load(names, std::path::Path::new("policies")).expect("repository policies load");
-    let setup = control.setup(&spec).await.expect("setup through the control plane");
+    let spec =
+        SetupSpec::load(names, std::path::Path::new("policies")).expect("repository policies load");
+    let setup = control
+        .setup(&spec)
+        .await
+        .expect("setup through the control plane");
     Target {
         emulator,
         control,
@@ -64,12 +68,19 @@ impl Target {
         }
     }
 
-    pub async fn connect(&self, client_id: &str, credentials: &Credentials) -> Result<Session, SessionError> {
-        let tls = client_config(self.emulator.root_pem(), credentials).expect("test credentials are valid PEM");
+    pub async fn connect(
+        &self,
+        client_id: &str,
+        credentials: &Credentials,
+    ) -> Result<Session, SessionError> {
+        let tls = client_config(self.emulator.root_pem(), credentials)
+            .expect("test credentials are valid PEM");
         Session::connect(&self.settings(), client_id, tls).await
     }
 
     pub async fn connect_claim(&self, client_id: &str) -> Session {
-        self.connect(client_id, &self.claim()).await.expect("claim certificate connects")
+        self.connect(client_id, &self.claim())
+            .await
+            .expect("claim certificate connects")
     }
 }
