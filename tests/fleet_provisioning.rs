@@ -131,8 +131,14 @@ async fn replies_go_only_to_the_requesting_connection() {
     let mut eavesdropper = claim_session(&target, "provision-B").await;
     let (_, reply) = create_certificate(&mut requester, "A").await;
     assert!(!reply.certificate_pem.is_empty());
-    // The eavesdropper holds the same subscriptions; a reply for it would be
-    // the answer to its own next request, so ask and check it is its own.
+    let overheard = eavesdropper
+        .next_message(Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(
+        overheard, None,
+        "a connection with the same subscriptions hears nothing"
+    );
     let (_, own) = create_certificate(&mut eavesdropper, "B").await;
     assert_ne!(
         own.certificate_id, reply.certificate_id,

@@ -178,7 +178,10 @@ impl Session {
     }
 
     /// The next message delivered to this connection within `wait`, if any.
-    pub async fn next_message(&mut self, wait: Duration) -> Result<Option<(String, bytes::Bytes)>, SessionError> {
+    pub async fn next_message(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<(String, bytes::Bytes)>, SessionError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.notices.recv()).await {
