@@ -9,3 +9,4 @@ pub mod policy;
 pub mod registry;
 pub mod template;
 pub mod tls;
+pub mod topic;
