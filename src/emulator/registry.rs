@@ -190,7 +190,9 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; no
         // invariant spans two fields, so recovering the guard is sound.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     // ---- certificates ----
@@ -389,10 +391,11 @@ impl Registry {
     // ---- policies ----
 
     pub fn create_policy(&self, name: &str, document: &str) -> Result<PolicyRecord, RegistryError> {
-        let parsed = PolicyDocument::parse(document).map_err(|e| RegistryError::MalformedPolicy {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let parsed =
+            PolicyDocument::parse(document).map_err(|e| RegistryError::MalformedPolicy {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
         let mut state = self.lock();
         if state.policies.contains_key(name) {
             return Err(RegistryError::AlreadyExists {

@@ -123,7 +123,9 @@ mod tests {
         );
         assert_eq!(
             RequestTopic::parse("$aws/provisioning-templates/fleet-1/provision/json"),
-            Some(RequestTopic::RegisterThing { template: "fleet-1" })
+            Some(RequestTopic::RegisterThing {
+                template: "fleet-1"
+            })
         );
         for other in [
             "$aws/certificates/create-from-csr/json/accepted",

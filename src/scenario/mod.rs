@@ -138,7 +138,9 @@ pub struct RunLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CredentialStorage {
     /// Files under `<dir>/<run name>/<serial>/`.
-    Disk { dir: PathBuf },
+    Disk {
+        dir: PathBuf,
+    },
     Memory,
 }
 
