@@ -129,12 +129,16 @@ impl RegistryVerifier {
     ) -> Result<RegistryVerifier, TlsError> {
         let mut roots = RootCertStore::empty();
         roots.add(root).map_err(TlsError::Root)?;
-        let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        let chain =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         Ok(RegistryVerifier { chain, registry })
     }
 
     fn check_registry(&self, end_entity: &CertificateDer<'_>) -> Result<(), Refusal> {
-        match self.registry.certificate_status(&certificate_id(end_entity)) {
+        match self
+            .registry
+            .certificate_status(&certificate_id(end_entity))
+        {
             None => Err(Refusal::UnknownCertificate),
             Some(CertificateStatus::Active) => Ok(()),
             Some(CertificateStatus::Revoked) => Err(Refusal::CertificateRevoked),

@@ -210,7 +210,11 @@ impl<K: Eq + Hash + Clone, V: Clone> SubscriptionIndex<K, V> {
         for level in levels {
             node = node.children.entry(level.into()).or_default();
         }
-        let slot = if multi { &mut node.multi } else { &mut node.exact };
+        let slot = if multi {
+            &mut node.multi
+        } else {
+            &mut node.exact
+        };
         let previous = slot.insert(key, value);
         if previous.is_none() {
             self.len += 1;
@@ -276,7 +280,6 @@ fn collect<K: Clone, V: Clone>(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +287,14 @@ mod tests {
 
     #[test]
     fn topic_names_within_aws_limits_are_accepted() {
-        for topic in ["a", "a/b", "/", "a//b", "$aws/things/t1/shadow/update", "dt/é/x"] {
+        for topic in [
+            "a",
+            "a/b",
+            "/",
+            "a//b",
+            "$aws/things/t1/shadow/update",
+            "dt/é/x",
+        ] {
             assert_eq!(validate_topic_name(topic), Ok(()), "{topic}");
         }
     }
@@ -296,8 +306,14 @@ mod tests {
         assert_eq!(validate_topic_name("a/+"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a+b"), Err(TopicError::WildcardInName));
-        assert!(matches!(validate_topic_name("$SYS/x"), Err(TopicError::Reserved { .. })));
-        assert!(matches!(validate_topic_name("$aws"), Err(TopicError::Reserved { .. })));
+        assert!(matches!(
+            validate_topic_name("$SYS/x"),
+            Err(TopicError::Reserved { .. })
+        ));
+        assert!(matches!(
+            validate_topic_name("$aws"),
+            Err(TopicError::Reserved { .. })
+        ));
     }
 
     #[test]
@@ -328,12 +344,23 @@ mod tests {
 
     #[test]
     fn filters_place_wildcards_only_as_whole_levels() {
-        for filter in ["#", "+", "a/+/b", "a/#", "+/+", "$aws/things/+/shadow/#", "/#"] {
+        for filter in [
+            "#",
+            "+",
+            "a/+/b",
+            "a/#",
+            "+/+",
+            "$aws/things/+/shadow/#",
+            "/#",
+        ] {
             assert_eq!(validate_topic_filter(filter), Ok(()), "{filter}");
         }
         for filter in ["a#", "a/#/b", "a/b+", "+a/b", "#/a", "a/##"] {
             let error = validate_topic_filter(filter);
-            assert!(matches!(error, Err(TopicError::MisplacedWildcard { .. })), "{filter}");
+            assert!(
+                matches!(error, Err(TopicError::MisplacedWildcard { .. })),
+                "{filter}"
+            );
         }
     }
 
@@ -359,9 +386,18 @@ mod tests {
     #[test]
     fn wildcards_at_the_first_level_never_match_dollar_topics() {
         assert!(!matches("#", "$aws/things/t/shadow/update"));
-        assert!(!matches("+/things/t/shadow/update", "$aws/things/t/shadow/update"));
-        assert!(matches("$aws/things/+/shadow/update", "$aws/things/t/shadow/update"));
-        assert!(matches("$aws/certificates/create/#", "$aws/certificates/create/json/accepted"));
+        assert!(!matches(
+            "+/things/t/shadow/update",
+            "$aws/things/t/shadow/update"
+        ));
+        assert!(matches(
+            "$aws/things/+/shadow/update",
+            "$aws/things/t/shadow/update"
+        ));
+        assert!(matches(
+            "$aws/certificates/create/#",
+            "$aws/certificates/create/json/accepted"
+        ));
         assert!(matches("$aws/#", "$aws/x"));
     }
 
