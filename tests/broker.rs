@@ -328,8 +328,8 @@ async fn shutdown_closes_every_connection() {
     );
 }
 
-// The two tests below depend on the policy engine (the `policy` branch): with the
-// placeholder that allows everything they fail.
+// The tests below depend on the policy engine (merged from the `policy` branch); with the
+// skeleton's placeholder, which allows everything, they fail.
 
 const PUBLISH_ONLY_UNDER_ALLOWED: &str = r#"{"Version":"2012-10-17","Statement":[
   {"Effect":"Allow","Action":["iot:Connect","iot:Subscribe","iot:Receive"],"Resource":"*"},
@@ -386,4 +386,57 @@ async fn a_connect_denied_by_policy_is_closed_without_connack() {
         .expect("connect");
 
     assert_eq!(read_until_closed(&mut stream).await, Vec::<u8>::new());
+}
+
+const RECEIVE_ONLY_PUBLIC: &str = r#"{"Version":"2012-10-17","Statement":[
+  {"Effect":"Allow","Action":["iot:Connect","iot:Subscribe","iot:Publish"],"Resource":"*"},
+  {"Effect":"Allow","Action":"iot:Receive",
+   "Resource":"arn:aws:iot:us-east-1:123456789012:topic/public/*"}]}"#;
+
+#[tokio::test]
+async fn receive_is_checked_per_delivery_so_a_wildcard_subscription_gets_only_allowed_topics() {
+    let emulator = Emulator::start();
+    emulator
+        .registry
+        .create_policy("receive-public", RECEIVE_ONLY_PUBLIC)
+        .expect("policy");
+    let device = emulator.device(CertificateStatus::Active, "receive-public");
+    let mut client = TestClient::connect(emulator.addr(), "dev-1", &device).await;
+    client.subscribe("#", QoS::AtLeastOnce).await;
+
+    client
+        .publish("private/x", QoS::AtLeastOnce, b"secret")
+        .await;
+    client.publish("public/x", QoS::AtLeastOnce, b"hello").await;
+
+    let received = client.next_publish().await;
+    assert_eq!(
+        (received.topic.as_str(), &received.payload[..]),
+        ("public/x", &b"hello"[..])
+    );
+}
+
+const SUBSCRIBE_ONLY_CMD: &str = r#"{"Version":"2012-10-17","Statement":[
+  {"Effect":"Allow","Action":["iot:Connect","iot:Receive"],"Resource":"*"},
+  {"Effect":"Allow","Action":"iot:Subscribe",
+   "Resource":"arn:aws:iot:us-east-1:123456789012:topicfilter/cmd/*"}]}"#;
+
+#[tokio::test]
+async fn a_subscribe_denied_by_policy_closes_the_connection() {
+    let emulator = Emulator::start();
+    emulator
+        .registry
+        .create_policy("subscribe-cmd", SUBSCRIBE_ONLY_CMD)
+        .expect("policy");
+    let device = emulator.device(CertificateStatus::Active, "subscribe-cmd");
+    let mut client = TestClient::connect(emulator.addr(), "dev-1", &device).await;
+    client.subscribe("cmd/dev-1", QoS::AtLeastOnce).await;
+
+    client
+        .client
+        .subscribe("#", QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+
+    client.closed().await;
 }
