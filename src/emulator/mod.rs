@@ -13,6 +13,7 @@ pub mod policy;
 pub mod registry;
 pub mod template;
 pub mod tls;
+pub mod topic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,1 +1,0 @@
-//! The MQTT broker (placeholder; being written).

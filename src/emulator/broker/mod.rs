@@ -1,0 +1,212 @@
+//! The emulator's MQTT 3.1.1 broker over mutual TLS, with IoT Core's rules: certificates
+//! checked against the registry at every handshake, policies evaluated on connect, publish,
+//! subscribe and every delivery, AWS's limits, client-id takeover, and Fleet Provisioning
+//! replies delivered only to the requesting connection.
+//!
+//! Each connection is one task; shared state is the [`router::Router`] tables. A broker-level
+//! task closes every connection of a certificate the registry announces as deactivated.
+//! Not modelled yet: persistent sessions (every session is clean), retained messages (the
+//! retain flag is checked against `iot:RetainPublish`, then routed like any publish), Last
+//! Will, lifecycle events, MQTT 5, and AWS's rate limits.
+
+mod codec;
+mod connection;
+mod metric;
+mod router;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+pub use session::KeepAliveClamp;
+
+use super::fleet_provisioning::FleetProvisioning;
+use super::registry::{CertificateEvent, CertificateStatus, Registry};
+use router::{Eviction, Router};
+
+/// AWS's payload limit, 128 KiB.
+pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
+
+/// Room for a PUBLISH's variable header around a full payload: topic length, a topic of AWS's
+/// maximum size and the packet id.
+const PUBLISH_HEADER_BYTES: usize = 2 + super::topic::MAX_TOPIC_BYTES + 2;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub bind: SocketAddr,
+    /// Time from TCP accept to a complete CONNECT, TLS handshake included.
+    pub connect_timeout: Duration,
+    /// Largest remaining length of any packet, either direction.
+    pub max_packet_size: usize,
+    /// Bounds applied to the keep-alive a client asks for; AWS's are 30 s to 1200 s.
+    pub keep_alive: KeepAliveClamp,
+    pub max_filters_per_subscribe: usize,
+    pub max_subscriptions_per_connection: usize,
+    /// Outbound QoS 1 messages awaiting PUBACK before delivery to that client pauses.
+    pub max_inflight: usize,
+    /// Messages queued for one connection before further ones are dropped.
+    pub outbound_queue: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: MAX_PAYLOAD_BYTES + PUBLISH_HEADER_BYTES,
+            keep_alive: KeepAliveClamp::default(),
+            max_filters_per_subscribe: 8,
+            max_subscriptions_per_connection: 50,
+            max_inflight: 100,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    config: BrokerConfig,
+    acceptor: TlsAcceptor,
+    registry: Arc<Registry>,
+    provisioning: Arc<FleetProvisioning>,
+    router: Router,
+    shutdown: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+pub struct Broker;
+
+impl Broker {
+    /// Binds the listener and starts accepting; must be called inside a tokio runtime.
+    pub fn start(
+        config: BrokerConfig,
+        tls: Arc<ServerConfig>,
+        registry: Arc<Registry>,
+        provisioning: Arc<FleetProvisioning>,
+    ) -> std::io::Result<BrokerHandle> {
+        let listener = std::net::TcpListener::bind(config.bind)?;
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let local_addr = listener.local_addr()?;
+        let events = registry.subscribe_events();
+        let shared = Arc::new(Shared {
+            config,
+            acceptor: TlsAcceptor::from(tls),
+            registry,
+            provisioning,
+            router: Router::default(),
+            shutdown: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_loop(listener, Arc::clone(&shared), tracker.clone()));
+        tracker.spawn(close_deactivated(events, Arc::clone(&shared)));
+        debug!(%local_addr, "broker listening");
+        Ok(BrokerHandle {
+            local_addr,
+            shared,
+            tracker,
+        })
+    }
+}
+
+/// A running broker. Dropping it stops the broker too, without waiting.
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+}
+
+impl BrokerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections past CONNACK.
+    pub fn connection_count(&self) -> usize {
+        self.shared.router.len()
+    }
+
+    /// Closes the listener and every connection, and waits for their tasks to end.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                tracker.spawn(connection::serve(tcp, peer, Arc::clone(&shared)));
+            }
+            Err(error) => {
+                // Out of file descriptors, typically: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Closes the connections of every certificate that leaves ACTIVE.
+async fn close_deactivated(mut events: broadcast::Receiver<CertificateEvent>, shared: Arc<Shared>) {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = shared.shutdown.cancelled() => return,
+        };
+        match event {
+            Ok(CertificateEvent::Deactivated { certificate_id }) => {
+                for handle in shared.router.connections_of(&certificate_id) {
+                    handle.evict(Eviction::CertificateDeactivated);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "certificate events missed; checking every connection"
+                );
+                evict_inactive(&shared);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn evict_inactive(shared: &Shared) {
+    for handle in shared.router.all() {
+        let status = shared.registry.certificate_status(&handle.certificate_id);
+        if status != Some(CertificateStatus::Active) {
+            handle.evict(Eviction::CertificateDeactivated);
+        }
+    }
+}
