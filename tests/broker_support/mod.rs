@@ -31,7 +31,7 @@ pub const ALLOW_ALL: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"A
   "Action":["iot:Connect","iot:Publish","iot:Subscribe","iot:Receive"],"Resource":"*"}]}"#;
 
 pub struct Emulator {
-    pub ca: CertificateAuthority,
+    pub ca: Arc<CertificateAuthority>,
     pub registry: Arc<Registry>,
     pub broker: BrokerHandle,
 }
@@ -47,7 +47,7 @@ impl EmulatorBuilder {
     }
 
     pub fn start(self) -> Emulator {
-        let ca = CertificateAuthority::generate("fleetsim test root").expect("root");
+        let ca = Arc::new(CertificateAuthority::generate("fleetsim test root").expect("root"));
         let registry = Arc::new(Registry::new(REGION, ACCOUNT));
         registry
             .create_policy("allow-all", ALLOW_ALL)
@@ -57,9 +57,11 @@ impl EmulatorBuilder {
             .expect("server cert");
         let tls = tls::server_config(ca.root_der().clone(), server, Arc::clone(&registry))
             .expect("tls config");
-        let provisioning = Arc::new(FleetProvisioning {
-            registry: Arc::clone(&registry),
-        });
+        let provisioning = Arc::new(FleetProvisioning::new(
+            Arc::clone(&registry),
+            Arc::clone(&ca),
+            std::time::Duration::from_secs(3600),
+        ));
         let broker = Broker::start(self.config, tls, Arc::clone(&registry), provisioning)
             .expect("broker starts");
         Emulator {
