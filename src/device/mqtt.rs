@@ -276,24 +276,35 @@ fn closed() -> SessionError {
 
 /// Maps rumqttc's error onto the bounded failure reasons. A TLS 1.3 server
 /// refuses a client certificate after the client has finished its side of
-/// the handshake, so the refusal surfaces as a fatal alert on the first read.
+/// the handshake, so the refusal surfaces as a fatal alert on the first read,
+/// wrapped in however many layers of rumqttc's state and codec errors.
 pub fn classify(error: &ConnectionError) -> SessionError {
     let reason = match error {
         ConnectionError::ConnectionRefused(_) => FailureReason::MqttRefused,
         ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => FailureReason::Timeout,
         ConnectionError::Tls(_) => FailureReason::TlsRefused,
-        ConnectionError::Io(io) if is_tls_alert(io) => FailureReason::TlsRefused,
-        ConnectionError::MqttState(rumqttc::StateError::Io(io)) if is_tls_alert(io) => {
-            FailureReason::TlsRefused
-        }
+        other if carries_tls_alert(other) => FailureReason::TlsRefused,
         _ => FailureReason::Connection,
     };
     SessionError::new(reason, error.to_string())
 }
 
-fn is_tls_alert(error: &std::io::Error) -> bool {
-    error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+/// Whether a fatal TLS alert from the server is somewhere in the error.
+/// rumqttc keeps some inner errors only in its message, not as a `source`,
+/// so the message is the fallback.
+fn carries_tls_alert(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let alert = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| e.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
+        if alert {
+            return true;
+        }
+        current = e.source();
+    }
+    error.to_string().contains("received fatal alert")
 }
