@@ -105,7 +105,7 @@ impl FleetProvisioning {
         }
         Some(Reply {
             topic: format!("{topic}/{label}"),
-            payload: outcome.unwrap_or_else(|e| to_json(e)),
+            payload: outcome.unwrap_or_else(to_json),
         })
     }
 
