@@ -565,7 +565,10 @@ fn a_section_written_as_a_scalar_is_refused() {
 
 #[test]
 fn the_documented_example_is_a_valid_scenario() {
-    let doc = include_str!("../docs/scenario.md");
+    let readme = include_str!("../README.md");
+    let doc = &readme[readme
+        .find("## Scenario reference")
+        .expect("README has the reference")..];
     let start = doc
         .find("```yaml\n")
         .expect("the reference has a yaml example")
