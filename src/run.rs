@@ -15,14 +15,13 @@ use tracing::info;
 
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
-use crate::device::mqtt::{ConnectSettings, Endpoint, Session};
-use crate::device::task::prove_refused;
+use crate::device::mqtt::{ConnectSettings, Endpoint};
+use crate::device::task::{prove_refused, prove_works};
 use crate::device::{DeviceContext, DeviceOutcome, TelemetrySettings};
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::fleet::{self, ArrivalSchedule, FleetPlan};
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
-use crate::identity::tls::client_config;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
@@ -302,7 +301,9 @@ async fn final_check(
                 .await
                 .expect("the semaphore is never closed");
             let works = match &current {
-                Some(credentials) => identity_works(&context, &thing, credentials).await,
+                Some(credentials) => {
+                    prove_works(&context.connect, &context.root_pem, &thing, credentials).await
+                }
                 None => false,
             };
             let mut accepted = 0;
@@ -339,19 +340,6 @@ async fn final_check(
         "end-of-run identity check done"
     );
     check
-}
-
-async fn identity_works(context: &DeviceContext, thing: &str, credentials: &Credentials) -> bool {
-    let Ok(tls) = client_config(&context.root_pem, credentials) else {
-        return false;
-    };
-    match Session::connect(&context.connect, thing, tls).await {
-        Ok(session) => {
-            session.disconnect().await;
-            true
-        }
-        Err(_) => false,
-    }
 }
 
 fn write_report(report: &Report, path: Option<&Path>) -> Result<(), RunError> {

@@ -596,8 +596,13 @@ impl Device {
     }
 }
 
-/// Whether `credentials` are refused at the handshake (anything else,
-/// including a successful connection, is not a proof).
+/// How many times an end-of-life proof is tried when the answer is neither
+/// a refusal nor a working connection (a timeout under load, say).
+const PROOF_ATTEMPTS: u32 = 3;
+
+/// Whether `credentials` are refused at the handshake. A successful
+/// connection disproves it at once; an inconclusive error is retried, and
+/// is not a proof either.
 pub async fn prove_refused(
     connect: &ConnectSettings,
     root_pem: &str,
@@ -607,13 +612,43 @@ pub async fn prove_refused(
     let Ok(tls) = client_config(root_pem, credentials) else {
         return false;
     };
-    match Session::connect(connect, client_id, tls).await {
-        Ok(session) => {
-            session.disconnect().await;
-            false
+    for attempt in 1..=PROOF_ATTEMPTS {
+        match Session::connect(connect, client_id, tls.clone()).await {
+            Ok(session) => {
+                session.disconnect().await;
+                return false;
+            }
+            Err(error) if error.reason == FailureReason::TlsRefused => return true,
+            Err(_) if attempt < PROOF_ATTEMPTS => sleep(Duration::from_millis(200)).await,
+            Err(_) => {}
         }
-        Err(error) => error.reason == FailureReason::TlsRefused,
     }
+    false
+}
+
+/// Whether `credentials` still open a working session as `client_id`,
+/// retrying inconclusive failures; a TLS refusal is final.
+pub async fn prove_works(
+    connect: &ConnectSettings,
+    root_pem: &str,
+    client_id: &str,
+    credentials: &Credentials,
+) -> bool {
+    let Ok(tls) = client_config(root_pem, credentials) else {
+        return false;
+    };
+    for attempt in 1..=PROOF_ATTEMPTS {
+        match Session::connect(connect, client_id, tls.clone()).await {
+            Ok(session) => {
+                session.disconnect().await;
+                return true;
+            }
+            Err(error) if error.reason == FailureReason::TlsRefused => return false,
+            Err(_) if attempt < PROOF_ATTEMPTS => sleep(Duration::from_millis(200)).await,
+            Err(_) => {}
+        }
+    }
+    false
 }
 
 /// Publishes a Fleet Provisioning request and decodes the accepted reply;
