@@ -109,6 +109,9 @@ impl Session {
         let (client, mut event_loop) = AsyncClient::new(options, 16);
         let mut network = rumqttc::NetworkOptions::new();
         network.set_connection_timeout(settings.step_timeout.as_secs().max(1));
+        // Small request/reply packets: without this, Nagle's algorithm and
+        // delayed ACKs add tens of milliseconds to every exchange.
+        network.set_tcp_nodelay(true);
         event_loop.set_network_options(network);
         let (tx, notices) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(event_loop, tx));

@@ -166,6 +166,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // MQTT exchanges are small request/reply packets: Nagle's
+                // algorithm against delayed ACKs would add ~40 ms to each.
+                let _ = tcp.set_nodelay(true);
                 tracker.spawn(connection::serve(tcp, peer, Arc::clone(&shared)));
             }
             Err(error) => {
