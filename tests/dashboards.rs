@@ -11,7 +11,10 @@ use dashboards_support::{
 use serde_json::Value;
 
 fn path_arg(relative: &str) -> String {
-    dashboards_dir().join(relative).to_string_lossy().into_owned()
+    dashboards_dir()
+        .join(relative)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -19,8 +22,14 @@ fn promtool_accepts_the_shipped_prometheus_config_and_rules() {
     let config = path_arg("prometheus/prometheus.yml");
     let rules = path_arg("prometheus/fleetsim.rules.yml");
 
-    assert_success(&tool("promtool", &["check", "config", &config], None), "promtool check config");
-    assert_success(&tool("promtool", &["check", "rules", &rules], None), "promtool check rules");
+    assert_success(
+        &tool("promtool", &["check", "config", &config], None),
+        "promtool check config",
+    );
+    assert_success(
+        &tool("promtool", &["check", "rules", &rules], None),
+        "promtool check rules",
+    );
 }
 
 /// `./host:container[:ro]` volumes of one compose service, as pairs.
@@ -40,7 +49,9 @@ fn mounts(service: &Value) -> Vec<(String, String)> {
 
 fn mounted_at<'a>(mounts: &'a [(String, String)], host: &str) -> &'a str {
     let found = mounts.iter().find(|(h, _)| h == host);
-    &found.unwrap_or_else(|| panic!("{host} is not mounted: {mounts:?}")).1
+    &found
+        .unwrap_or_else(|| panic!("{host} is not mounted: {mounts:?}"))
+        .1
 }
 
 #[test]
@@ -56,26 +67,48 @@ fn compose_file_mounts_the_shipped_config_rules_datasource_and_dashboards() {
 
     let prom_mounts = mounts(prometheus);
     let config_at = mounted_at(&prom_mounts, "./prometheus/prometheus.yml");
-    let command: Vec<&str> =
-        prometheus["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(command.contains(&format!("--config.file={config_at}").as_str()), "{command:?}");
+    let command: Vec<&str> = prometheus["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        command.contains(&format!("--config.file={config_at}").as_str()),
+        "{command:?}"
+    );
     let config = read_yaml(&dashboards_dir().join("prometheus/prometheus.yml"));
     let rules = config["rule_files"][0].as_str().unwrap();
     let rules_at = mounted_at(&prom_mounts, &format!("./prometheus/{rules}"));
-    assert_eq!(rules_at, format!("/etc/prometheus/{rules}"), "rules sit beside the config");
+    assert_eq!(
+        rules_at,
+        format!("/etc/prometheus/{rules}"),
+        "rules sit beside the config"
+    );
     let target = config["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str();
-    assert_eq!(target, Some("127.0.0.1:9464"), "scrapes fleetsim's default address");
-    assert_eq!(prometheus["network_mode"], "host", "reaches the host's loopback");
+    assert_eq!(
+        target,
+        Some("127.0.0.1:9464"),
+        "scrapes fleetsim's default address"
+    );
+    assert_eq!(
+        prometheus["network_mode"], "host",
+        "reaches the host's loopback"
+    );
 
     let graf_mounts = mounts(grafana);
     let datasources = mounted_at(&graf_mounts, "./grafana/provisioning/datasources");
     assert_eq!(datasources, "/etc/grafana/provisioning/datasources");
     let providers = mounted_at(&graf_mounts, "./grafana/provisioning/dashboards");
     assert_eq!(providers, "/etc/grafana/provisioning/dashboards");
-    let provider = read_yaml(&dashboards_dir().join("grafana/provisioning/dashboards/fleetsim.yml"));
+    let provider =
+        read_yaml(&dashboards_dir().join("grafana/provisioning/dashboards/fleetsim.yml"));
     let dashboards_at = mounted_at(&graf_mounts, "./grafana/dashboards");
     assert_eq!(provider["providers"][0]["options"]["path"], dashboards_at);
-    assert_eq!(grafana["network_mode"], "host", "reaches Prometheus on the host's loopback");
+    assert_eq!(
+        grafana["network_mode"], "host",
+        "reaches Prometheus on the host's loopback"
+    );
 }
 
 #[test]
@@ -88,11 +121,20 @@ fn provisioned_datasource_is_the_prometheus_of_the_compose_file() {
 
     assert_eq!(source["type"], "prometheus");
     assert_eq!(source["url"], "http://127.0.0.1:9090");
-    assert!(command.contains("--web.listen-address=127.0.0.1:9090"), "{command}");
+    assert!(
+        command.contains("--web.listen-address=127.0.0.1:9090"),
+        "{command}"
+    );
     for (file, dashboard) in dashboards() {
         let variables = dashboard["templating"]["list"].as_array().unwrap();
-        let picker = variables.iter().find(|v| v["name"] == "datasource").unwrap();
-        assert_eq!(picker["current"]["value"], source["uid"], "{file} defaults to it");
+        let picker = variables
+            .iter()
+            .find(|v| v["name"] == "datasource")
+            .unwrap();
+        assert_eq!(
+            picker["current"]["value"], source["uid"],
+            "{file} defaults to it"
+        );
     }
 }
 
@@ -100,8 +142,14 @@ fn provisioned_datasource_is_the_prometheus_of_the_compose_file() {
 fn every_dashboard_selects_runs_with_a_bounded_run_variable() {
     for (file, dashboard) in dashboards() {
         let variables = dashboard["templating"]["list"].as_array().unwrap();
-        let run = variables.iter().find(|v| v["name"] == "run").expect("a run variable");
-        assert_eq!(run["query"]["query"], "label_values(fleetsim_run_info, run)", "{file}");
+        let run = variables
+            .iter()
+            .find(|v| v["name"] == "run")
+            .expect("a run variable");
+        assert_eq!(
+            run["query"]["query"], "label_values(fleetsim_run_info, run)",
+            "{file}"
+        );
         assert_eq!(run["multi"], true, "{file}: several runs can be compared");
     }
 }
@@ -111,12 +159,25 @@ fn every_panel_query_filters_by_run_and_reads_the_chosen_datasource() {
     let queries = panel_queries();
     assert!(queries.len() > 20, "both dashboards have their panels");
     for query in &queries {
-        assert!(query.expr.contains(r#"run=~"$run""#), "{query:?} filters by run");
-        assert!(!parse(&query.expr).selectors.is_empty(), "{query:?} names a metric");
+        assert!(
+            query.expr.contains(r#"run=~"$run""#),
+            "{query:?} filters by run"
+        );
+        assert!(
+            !parse(&query.expr).selectors.is_empty(),
+            "{query:?} names a metric"
+        );
     }
     for (file, dashboard) in dashboards() {
-        for panel in panels(&dashboard).into_iter().filter(|p| p["type"] != "row") {
-            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{file}: {}", panel["title"]);
+        for panel in panels(&dashboard)
+            .into_iter()
+            .filter(|p| p["type"] != "row")
+        {
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{file}: {}",
+                panel["title"]
+            );
             assert!(panel["description"].as_str().is_some_and(|d| !d.is_empty()));
         }
     }
@@ -127,7 +188,10 @@ fn panels_have_unique_ids_and_fit_the_grid() {
     for (file, dashboard) in dashboards() {
         let mut ids = std::collections::BTreeSet::new();
         for panel in panels(&dashboard) {
-            assert!(ids.insert(panel["id"].as_u64().unwrap()), "{file}: duplicate id");
+            assert!(
+                ids.insert(panel["id"].as_u64().unwrap()),
+                "{file}: duplicate id"
+            );
             let grid = &panel["gridPos"];
             let right = grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap();
             assert!(right <= 24, "{file}: {} overflows the grid", panel["title"]);
@@ -142,6 +206,12 @@ fn the_selector_reader_finds_names_matchers_and_grouping() {
     );
     let names: Vec<_> = parsed.selectors.iter().map(|s| s.metric.as_str()).collect();
     assert_eq!(names, ["a_bucket", "b"]);
-    assert_eq!(parsed.selectors[0].matchers[1], ("op".into(), "=".into(), "connect".into()));
-    assert_eq!(parsed.grouping.into_iter().collect::<Vec<_>>(), ["instance", "le", "run"]);
+    assert_eq!(
+        parsed.selectors[0].matchers[1],
+        ("op".into(), "=".into(), "connect".into())
+    );
+    assert_eq!(
+        parsed.grouping.into_iter().collect::<Vec<_>>(),
+        ["instance", "le", "run"]
+    );
 }

@@ -180,6 +180,7 @@ fn describe_metrics() {
     describe_counters();
     describe_gauges();
     describe_objectives();
+    describe_emulator();
 }
 
 fn describe_durations() {
@@ -250,4 +251,60 @@ fn describe_objectives() {
         Unit::Count,
         "The scenario's fewest rotations per device, when it sets one."
     );
+}
+
+/// Help text for the embedded emulator's metrics, which it records by name
+/// where the events happen; described here because a description belongs to
+/// the exporter, and a series without one fails `promtool check metrics`.
+const EMULATOR_METRICS: [(&str, &str); 10] = [
+    (
+        "fleetsim_emulator_connections",
+        "MQTT connections open past CONNACK.",
+    ),
+    (
+        "fleetsim_emulator_connects_total",
+        "Connection attempts, by how they ended.",
+    ),
+    (
+        "fleetsim_emulator_handshake_refusals_total",
+        "TLS handshakes refused, by reason.",
+    ),
+    (
+        "fleetsim_emulator_disconnects_total",
+        "Connections closed, by AWS disconnect reason.",
+    ),
+    (
+        "fleetsim_emulator_policy_denials_total",
+        "Requests refused by IoT policy, by action.",
+    ),
+    (
+        "fleetsim_emulator_messages_total",
+        "PUBLISH packets handled, by direction.",
+    ),
+    (
+        "fleetsim_emulator_messages_dropped_total",
+        "Messages dropped for a full subscriber queue.",
+    ),
+    (
+        "fleetsim_emulator_malformed_packets_total",
+        "Packets the broker could not accept, by kind.",
+    ),
+    (
+        "fleetsim_emulator_provisioning_requests_total",
+        "Fleet Provisioning requests, by API and outcome.",
+    ),
+    (
+        "fleetsim_emulator_control_requests_total",
+        "Control-plane requests, by AWS operation and outcome.",
+    ),
+];
+
+fn describe_emulator() {
+    for (name, help) in EMULATOR_METRICS {
+        if name == "fleetsim_emulator_connections" {
+            ::metrics::describe_gauge!(name, Unit::Count, help);
+        } else {
+            ::metrics::describe_counter!(name, Unit::Count, help);
+        }
+    }
 }

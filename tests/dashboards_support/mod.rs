@@ -36,9 +36,12 @@ pub fn dashboards() -> Vec<(String, Value)> {
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
-            let json = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (path.file_name().unwrap().to_string_lossy().into_owned(), json)
+            let json =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                json,
+            )
         })
         .collect()
 }
@@ -100,11 +103,39 @@ pub struct Parsed {
 }
 
 const FUNCTIONS: &[&str] = &[
-    "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
-    "quantile", "rate", "irate", "increase", "delta", "deriv", "histogram_quantile", "abs",
-    "clamp_min", "clamp_max", "vector", "scalar", "absent", "round",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "deriv",
+    "histogram_quantile",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "vector",
+    "scalar",
+    "absent",
+    "round",
 ];
-const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+const GROUPING: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 const OPERATORS: &[&str] = &["and", "or", "unless", "bool", "offset"];
 
 pub fn parse(expr: &str) -> Parsed {
@@ -116,9 +147,15 @@ pub fn parse(expr: &str) -> Parsed {
         if c == '"' {
             i = skip_string(&chars, i);
         } else if c == '[' {
-            i = chars[i..].iter().position(|&c| c == ']').map_or(chars.len(), |p| i + p + 1);
+            i = chars[i..]
+                .iter()
+                .position(|&c| c == ']')
+                .map_or(chars.len(), |p| i + p + 1);
         } else if c.is_ascii_digit() || c == '.' {
-            i += chars[i..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == '.').count();
+            i += chars[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == '.')
+                .count();
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             i = identifier(&chars, i, &mut parsed);
         } else {
@@ -142,14 +179,20 @@ fn identifier(chars: &[char], start: usize, parsed: &mut Parsed) -> usize {
         let end = i + chars[i..].iter().position(|&c| c == ')').unwrap();
         let list: String = chars[i + 1..end].iter().collect();
         parsed.grouping.extend(
-            list.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned),
+            list.split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
         );
         return end + 1;
     }
     if FUNCTIONS.contains(&name.as_str()) || OPERATORS.contains(&name.as_str()) {
         return i;
     }
-    let mut selector = Selector { metric: name, matchers: Vec::new() };
+    let mut selector = Selector {
+        metric: name,
+        matchers: Vec::new(),
+    };
     if chars.get(i) == Some(&'{') {
         let end = i + chars[i..].iter().position(|&c| c == '}').unwrap();
         selector.matchers = matchers(&chars[i + 1..end].iter().collect::<String>());
@@ -173,9 +216,17 @@ fn matchers(body: &str) -> Vec<(String, String, String)> {
         .filter(|m| !m.is_empty())
         .map(|m| {
             let at = m.find(['=', '!']).unwrap();
-            let op_len = if m[at + 1..].starts_with(['=', '~']) { 2 } else { 1 };
+            let op_len = if m[at + 1..].starts_with(['=', '~']) {
+                2
+            } else {
+                1
+            };
             let value = m[at + op_len..].trim().trim_matches('"');
-            (m[..at].trim().to_owned(), m[at..at + op_len].to_owned(), value.to_owned())
+            (
+                m[..at].trim().to_owned(),
+                m[at..at + op_len].to_owned(),
+                value.to_owned(),
+            )
         })
         .collect()
 }
@@ -185,7 +236,10 @@ pub type Series = BTreeMap<String, Vec<BTreeMap<String, String>>>;
 
 pub fn exposition_series(text: &str) -> Series {
     let mut series = Series::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let name_end = line.find(['{', ' ']).unwrap();
         let labels = if line[name_end..].starts_with('{') {
             let end = line.rfind('}').unwrap();
@@ -193,7 +247,10 @@ pub fn exposition_series(text: &str) -> Series {
         } else {
             BTreeMap::new()
         };
-        series.entry(line[..name_end].to_owned()).or_default().push(labels);
+        series
+            .entry(line[..name_end].to_owned())
+            .or_default()
+            .push(labels);
     }
     series
 }
