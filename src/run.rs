@@ -97,6 +97,7 @@ pub async fn execute(
     let setup = set_up(scenario, options, &control).await?;
     let (store, credentials_dir) = credential_store(scenario)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
+    recorder.publish_objectives(&scenario.slo);
     let stop = CancellationToken::new();
     let context = Arc::new(device_context(
         scenario, &emulator, &setup, store, control, &recorder, &stop,

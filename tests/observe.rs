@@ -299,7 +299,9 @@ async fn exporter_serves_fleetsim_metrics_over_http() {
 
     for expected in [
         r#"fleetsim_operation_duration_seconds_bucket{op="connect",run="scrape",le="0.025"} 1"#,
-        r#"fleetsim_operation_duration_seconds_bucket{op="rotate",run="scrape",le="60"} 0"#,
+        r#"fleetsim_flow_duration_seconds_bucket{op="rotate",run="scrape",le="300"} 0"#,
+        r#"fleetsim_arrivals_total{run="scrape"} 0"#,
+        r#"fleetsim_run_info{run="scrape"} 1"#,
         r#"fleetsim_operation_failures_total{op="connect",reason="timeout",run="scrape"} 1"#,
         r#"fleetsim_rotations_total{run="scrape"} 1"#,
         r#"fleetsim_devices{state="online",run="scrape"} 1"#,

@@ -445,6 +445,15 @@ impl Device {
         ending
     }
 
+    fn record_rotation_lag(&self, old: &Credentials) {
+        let schedule = self.ctx.rotation.expect("only called when rotation is on");
+        if let Ok(info) = old.info() {
+            let now = SystemTime::now();
+            let recorder = &self.ctx.recorder;
+            recorder.rotation_lag(info.not_after, schedule.renew_before, now);
+        }
+    }
+
     /// One rotation. A failure before the new identity is stored leaves the
     /// old one in place for the next check; after that, the old one stays
     /// the store's backup until the new one has proved itself.
@@ -475,6 +484,7 @@ impl Device {
         self.retire(&old).await;
         self.ctx.recorder.record(Op::Rotate, due.elapsed());
         self.ctx.recorder.rotation_completed();
+        self.record_rotation_lag(&old);
         self.rotations += 1;
         Ok(None)
     }

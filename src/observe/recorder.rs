@@ -9,13 +9,18 @@
 use std::array;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram as PromHistogram};
 use hdrhistogram::Histogram;
 
-use super::metrics::{BRICKED_DEVICES, DEVICES, OPERATION_DURATION, OPERATION_FAILURES, ROTATIONS};
+use super::metrics::{
+    ARRIVALS, BRICKED_DEVICES, DEVICES, OPERATION_FAILURES, ROTATION_LAG, ROTATIONS, RUN_INFO,
+    SLO_CONNECT_P99, SLO_MAX_FAILURE_RATIO, SLO_MIN_ROTATIONS, SLO_PROVISIONING_P99,
+    duration_metric,
+};
 use super::{DeviceState, FailureReason, Op};
+use crate::scenario::Slo;
 
 const OPS: usize = Op::ALL.len();
 const REASONS: usize = FailureReason::ALL.len();
@@ -47,8 +52,11 @@ struct PromHandles {
     durations: [PromHistogram; OPS],
     failures: [[OnceLock<Counter>; REASONS]; OPS],
     states: [Gauge; STATES],
+    arrivals: Counter,
     rotations: Counter,
+    rotation_lag: PromHistogram,
     bricked: Gauge,
+    run_info: Gauge,
 }
 
 /// Counts at one instant, for the progress display.
@@ -98,8 +106,44 @@ impl Recorder {
         self.prometheus.rotations.increment(1);
     }
 
-    /// A device moved from `from` (`None` when it is new) to `to`.
+    /// How late a completed rotation finished: the share of its renewal
+    /// window (`renew_before`, real time) used up at `finished`, compared with
+    /// the old certificate's `not_after`. Prometheus only; the report has
+    /// rotations per device instead.
+    pub fn rotation_lag(
+        &self,
+        not_after: SystemTime,
+        renew_before: Duration,
+        finished: SystemTime,
+    ) {
+        let lag = rotation_lag_ratio(not_after, renew_before, finished);
+        self.prometheus.rotation_lag.record(lag);
+    }
+
+    /// Publishes the scenario's objectives, so dashboards can draw them as
+    /// lines beside what is measured. Objectives left out get no series.
+    pub fn publish_objectives(&self, slo: &Slo) {
+        let run = self.run.clone();
+        if let Some(limit) = slo.connect_p99 {
+            ::metrics::gauge!(SLO_CONNECT_P99, "run" => run.clone()).set(limit.as_secs_f64());
+        }
+        if let Some(limit) = slo.provisioning_p99 {
+            ::metrics::gauge!(SLO_PROVISIONING_P99, "run" => run.clone()).set(limit.as_secs_f64());
+        }
+        if let Some(ratio) = slo.max_failure_ratio {
+            ::metrics::gauge!(SLO_MAX_FAILURE_RATIO, "run" => run.clone()).set(ratio);
+        }
+        if let Some(rotations) = slo.min_rotations_per_device {
+            ::metrics::gauge!(SLO_MIN_ROTATIONS, "run" => run).set(rotations as f64);
+        }
+    }
+
+    /// A device moved from `from` (`None` when it is new) to `to`. Entering
+    /// `provisioning` is a device's arrival.
     pub fn device_state(&self, from: Option<DeviceState>, to: DeviceState) {
+        if to == DeviceState::Provisioning {
+            self.prometheus.arrivals.increment(1);
+        }
         if let Some(from) = from {
             self.states[from as usize].fetch_sub(1, Relaxed);
             self.prometheus.states[from as usize].decrement(1.0);
@@ -175,6 +219,20 @@ impl Snapshot {
     }
 }
 
+/// 0 when a rotation finished the moment its window opened (`renew_before`
+/// ahead of `not_after`), 1 at `not_after`, above 1 once the old certificate
+/// had expired. A zero-length window cannot be late or early: it reads 1.
+fn rotation_lag_ratio(not_after: SystemTime, renew_before: Duration, finished: SystemTime) -> f64 {
+    if renew_before.is_zero() {
+        return 1.0;
+    }
+    let window = renew_before.as_secs_f64();
+    match not_after.duration_since(finished) {
+        Ok(left) => 1.0 - left.as_secs_f64() / window,
+        Err(expired) => 1.0 + expired.duration().as_secs_f64() / window,
+    }
+}
+
 /// `Op::ALL` is in declaration order, so the discriminant is the position.
 fn index(op: Op) -> usize {
     op as usize
@@ -184,14 +242,18 @@ impl PromHandles {
     fn register(run: &str) -> PromHandles {
         let handles = PromHandles {
             durations: Op::ALL.map(|op| {
-                ::metrics::histogram!(OPERATION_DURATION, "op" => op.as_str(), "run" => run.to_owned())
+                let name = duration_metric(op);
+                ::metrics::histogram!(name, "op" => op.as_str(), "run" => run.to_owned())
             }),
             failures: array::from_fn(|_| array::from_fn(|_| OnceLock::new())),
             states: DeviceState::ALL.map(|state| {
                 ::metrics::gauge!(DEVICES, "state" => state.as_str(), "run" => run.to_owned())
             }),
+            arrivals: ::metrics::counter!(ARRIVALS, "run" => run.to_owned()),
             rotations: ::metrics::counter!(ROTATIONS, "run" => run.to_owned()),
+            rotation_lag: ::metrics::histogram!(ROTATION_LAG, "run" => run.to_owned()),
             bricked: ::metrics::gauge!(BRICKED_DEVICES, "run" => run.to_owned()),
+            run_info: ::metrics::gauge!(RUN_INFO, "run" => run.to_owned()),
         };
         handles.show_zeroes();
         handles
@@ -201,8 +263,10 @@ impl PromHandles {
     /// reads zero instead of "no data" and `rate()` sees the first increment.
     fn show_zeroes(&self) {
         self.states.iter().for_each(|gauge| gauge.set(0.0));
+        self.arrivals.absolute(0);
         self.rotations.absolute(0);
         self.bricked.set(0.0);
+        self.run_info.set(1.0);
     }
 
     fn failure(&self, run: &str, op: Op, reason: FailureReason) -> &Counter {
@@ -279,6 +343,18 @@ mod tests {
         for (position, state) in DeviceState::ALL.into_iter().enumerate() {
             assert_eq!(state as usize, position);
         }
+    }
+
+    #[test]
+    fn rotation_lag_is_the_share_of_the_renewal_window_used_up() {
+        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let window = Duration::from_secs(100);
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(rotation_lag_ratio(not_after, window, at(900)), 0.0);
+        assert_eq!(rotation_lag_ratio(not_after, window, at(925)), 0.25);
+        assert_eq!(rotation_lag_ratio(not_after, window, at(1_000)), 1.0);
+        assert_eq!(rotation_lag_ratio(not_after, window, at(1_050)), 1.5);
+        assert_eq!(rotation_lag_ratio(not_after, Duration::ZERO, at(0)), 1.0);
     }
 
     #[test]
