@@ -89,7 +89,9 @@ impl Emulator {
     /// the control-plane API.
     pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         let (ca, registry, persist) = open_state(config.state_dir.as_deref())?;
-        let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
+        let names = server_names(config.mqtt_bind.ip());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let server = ca.issue_server(&names)?;
         let tls = tls::server_config(ca.root_der().clone(), server, Arc::clone(&registry))
             .map_err(|e| EmulatorError::Tls(e.to_string()))?;
         let provisioning = Arc::new(FleetProvisioning::new(
@@ -162,6 +164,15 @@ impl Emulator {
             persist.close().await;
         }
     }
+}
+
+/// `localhost` and loopback, plus the bind address when clients must use it by number.
+fn server_names(bind: std::net::IpAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !bind.is_loopback() && !bind.is_unspecified() {
+        names.push(bind.to_string());
+    }
+    names
 }
 
 type State = (
