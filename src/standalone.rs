@@ -181,7 +181,8 @@ impl EmulatorInfo {
                 "cannot read the emulator description ({e}); is `fleetsim emulator` running on this state directory?"
             ))
         })?;
-        serde_json::from_slice(&text).map_err(|e| fault(format!("not an emulator description: {e}")))
+        serde_json::from_slice(&text)
+            .map_err(|e| fault(format!("not an emulator description: {e}")))
     }
 
     /// The claim certificate and key the emulator wrote.

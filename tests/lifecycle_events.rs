@@ -2,6 +2,8 @@
 //! `$aws/events/presence/#` sees connects and disconnects with AWS's payload fields and
 //! disconnect reasons.
 
+// Shared with tests/broker.rs, which uses the rest of it.
+#[allow(dead_code)]
 mod broker_support;
 
 use broker_support::*;
@@ -36,11 +38,20 @@ async fn a_connect_and_a_clean_disconnect_are_announced_with_aws_fields() {
     assert_eq!(connected["principalIdentifier"], device.id.as_str());
     assert_eq!(connected["ipAddress"], "127.0.0.1");
     assert!(connected["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
-    assert_eq!(disconnect_topic, "$aws/events/presence/disconnected/sensor-7");
+    assert_eq!(
+        disconnect_topic,
+        "$aws/events/presence/disconnected/sensor-7"
+    );
     assert_eq!(disconnected["eventType"], "disconnected");
-    assert_eq!(disconnected["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
+    assert_eq!(
+        disconnected["disconnectReason"],
+        "CLIENT_INITIATED_DISCONNECT"
+    );
     assert_eq!(disconnected["clientInitiatedDisconnect"], true);
-    assert_eq!(disconnected["sessionIdentifier"], connected["sessionIdentifier"]);
+    assert_eq!(
+        disconnected["sessionIdentifier"],
+        connected["sessionIdentifier"]
+    );
     assert_eq!(disconnected["versionNumber"], connected["versionNumber"]);
     assert!(disconnected.get("ipAddress").is_none());
 }

@@ -170,15 +170,24 @@ async fn a_python_device_provisions_by_claim_and_its_identity_survives_a_crash_a
     emulator.crash();
 
     let restarted = StandaloneProcess::start(&state, "365d");
-    assert!(python_connects(&state, &kept), "provisioned before the crash");
-    assert!(!python_connects(&state, &revoked), "revoked before the crash");
+    assert!(
+        python_connects(&state, &kept),
+        "provisioned before the crash"
+    );
+    assert!(
+        !python_connects(&state, &revoked),
+        "revoked before the crash"
+    );
     assert_eq!(restarted.info.claim_certificate_id, claim_id, "claim kept");
     let after = python_provision(&state, &dir.path().join("after"), "py-after");
     assert!(restarted.stop().success(), "SIGTERM stops it cleanly");
 
     let again = StandaloneProcess::start(&state, "365d");
     for device in [&kept, &after] {
-        assert!(python_connects(&state, device), "{device} after a clean stop");
+        assert!(
+            python_connects(&state, device),
+            "{device} after a clean stop"
+        );
     }
     assert!(!python_connects(&state, &revoked));
     drop(again);
@@ -189,7 +198,14 @@ fn a_second_emulator_on_the_same_state_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = StandaloneProcess::start(dir.path(), "365d");
     let second = Command::new(BINARY)
-        .args(["emulator", "--mqtt-port", "0", "--control-port", "0", "--state-dir"])
+        .args([
+            "emulator",
+            "--mqtt-port",
+            "0",
+            "--control-port",
+            "0",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .output()
         .expect("the binary runs");

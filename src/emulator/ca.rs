@@ -348,7 +348,10 @@ mod tests {
             CertificateAuthority::from_pem(original.root_pem(), &original.signing_key_pem())
                 .unwrap();
         let issued = reloaded
-            .sign_csr(&csr_for(&KeyPair::generate().unwrap()), Duration::from_secs(60))
+            .sign_csr(
+                &csr_for(&KeyPair::generate().unwrap()),
+                Duration::from_secs(60),
+            )
             .unwrap();
         let (_, root) = X509Certificate::from_der(original.root_der()).unwrap();
         let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();

@@ -424,7 +424,6 @@ impl Registry {
             attributes: attributes.clone(),
             principals: BTreeSet::new(),
             version: 1,
-            ..ThingRecord::default()
         };
         state.things.insert(name.to_owned(), thing.clone());
         self.record(|| Change::Thing(thing.clone()));

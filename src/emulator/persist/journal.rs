@@ -179,7 +179,9 @@ async fn flush(
     .await;
     match written {
         Ok(Ok((seq, file))) => {
-            journal.durable.send_modify(|durable| *durable = (*durable).max(seq));
+            journal
+                .durable
+                .send_modify(|durable| *durable = (*durable).max(seq));
             Some(file)
         }
         Ok(Err(error)) => {
