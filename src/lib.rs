@@ -14,3 +14,4 @@ pub mod observe;
 pub mod provisioning;
 pub mod run;
 pub mod scenario;
+pub mod standalone;

@@ -3,13 +3,15 @@
 //! act on (0: every SLO held; 1: an SLO or invariant was missed; 2: the run
 //! could not start).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fleetsim::run::{RunError, RunOptions};
 use fleetsim::scenario::Scenario;
+use fleetsim::standalone::{Standalone, StandaloneOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -42,12 +44,52 @@ enum Command {
         /// template (defaults to the copies built into fleetsim).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// Target a running `fleetsim emulator` (its state directory or its
+        /// emulator.json) instead of starting one inside this process.
+        #[arg(long, value_name = "STATE_DIR")]
+        emulator: Option<PathBuf>,
     },
+    /// Run the IoT Core emulator on its own until Ctrl-C or SIGTERM.
+    Emulator(EmulatorArgs),
     /// Check a scenario file without running it.
     Validate {
         /// The scenario file (YAML).
         scenario: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct EmulatorArgs {
+    /// Port of the MQTT endpoint (mutual TLS); 0 picks a free one.
+    #[arg(long, default_value_t = 8883)]
+    mqtt_port: u16,
+    /// Port of the control-plane REST API (plain HTTP); 0 picks a free one.
+    #[arg(long, default_value_t = 8443)]
+    control_port: u16,
+    /// Address both listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Where the CA, the registry, the claim credentials and emulator.json live.
+    #[arg(long, default_value = "emulator-state")]
+    state_dir: PathBuf,
+    /// Real lifetime of the certificates the emulator issues (250ms, 10m, 30d, ...).
+    #[arg(long, default_value = "365d", value_parser = parse_validity)]
+    certificate_validity: Duration,
+    /// Provisioning template to create and name in emulator.json.
+    #[arg(long, default_value = "fleetsim-fleet")]
+    template: String,
+    /// Folder holding the claim policy, device policy and provisioning
+    /// template (defaults to the copies built into fleetsim).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
+
+fn parse_validity(text: &str) -> Result<Duration, String> {
+    let validity = fleetsim::scenario::parse_duration(text)?;
+    if validity < Duration::from_secs(2) {
+        return Err("must be at least 2s: X.509 times have one-second resolution".into());
+    }
+    Ok(validity)
 }
 
 const EXIT_SLO_MISSED: u8 = 1;
@@ -64,15 +106,18 @@ fn main() -> ExitCode {
             metrics,
             no_metrics,
             policies,
+            emulator,
         } => {
             let options = RunOptions {
                 report_path: report,
                 metrics: (!no_metrics).then_some(metrics),
                 policies_dir: policies,
                 progress: true,
+                emulator,
             };
             run(&scenario, options)
         }
+        Command::Emulator(args) => standalone(args),
     }
 }
 
@@ -123,6 +168,52 @@ fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
             }
         }
     })
+}
+
+fn standalone(args: EmulatorArgs) -> ExitCode {
+    let options = StandaloneOptions {
+        bind: args.bind,
+        mqtt_port: args.mqtt_port,
+        control_port: args.control_port,
+        state_dir: args.state_dir,
+        certificate_validity: args.certificate_validity,
+        template: args.template,
+        policies_dir: args.policies,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts on any supported platform");
+    runtime.block_on(async {
+        let emulator = match Standalone::start(&options).await {
+            Ok(emulator) => emulator,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_CANNOT_START);
+            }
+        };
+        println!("{}", emulator.describe());
+        wait_for_stop_signal().await;
+        tracing::info!("stopping the emulator");
+        emulator.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Ctrl-C or SIGTERM, whichever comes first.
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(terminate) => _ = terminate.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = sigterm => {}
+    }
 }
 
 /// The first Ctrl-C ends the run early but still writes the report; a

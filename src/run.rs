@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
@@ -25,7 +25,8 @@ use crate::identity::store::CredentialStore;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
-use crate::scenario::{CredentialStorage, Qos, Scenario, Target};
+use crate::scenario::{self, CredentialStorage, Qos, Scenario, format_duration};
+use crate::standalone::{EmulatorInfo, StandaloneError};
 
 /// How many end-of-run identity checks run at once.
 const CHECK_CONCURRENCY: usize = 32;
@@ -41,6 +42,9 @@ pub struct RunOptions {
     pub policies_dir: Option<PathBuf>,
     /// Show live progress while the fleet runs.
     pub progress: bool,
+    /// A running `fleetsim emulator` to target (its state directory or its
+    /// `emulator.json`) instead of starting one inside this process.
+    pub emulator: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,20 +59,21 @@ pub enum RunError {
 pub struct RunSummary {
     pub report: Report,
     pub outcomes: Vec<DeviceOutcome>,
-    /// The in-process emulator, still running, on the `local` target.
+    /// The in-process emulator, still running, on the `local` target
+    /// (`None` when the run targeted a standalone emulator).
     pub emulator: Option<Emulator>,
     /// Where device credentials were written, with disk storage.
     pub credentials_dir: Option<PathBuf>,
 }
 
-/// The names `setup` gives the resources of a run.
-fn setup_names(scenario: &Scenario) -> SetupNames {
+/// The names `setup` gives the resources of a run and of `fleetsim emulator`.
+pub fn setup_names(template: &str) -> SetupNames {
     SetupNames {
         account_id: emulator::ACCOUNT_ID.to_owned(),
         region: emulator::REGION.to_owned(),
         claim_policy: "fleetsim-claim".to_owned(),
         device_policy: "fleetsim-device".to_owned(),
-        template: scenario.provisioning.template.clone(),
+        template: template.to_owned(),
         provisioning_role_arn: format!(
             "arn:aws:iam::{}:role/fleetsim-provisioning",
             emulator::ACCOUNT_ID
@@ -81,7 +86,7 @@ pub async fn execute(
     options: &RunOptions,
     interrupt: CancellationToken,
 ) -> Result<RunSummary, RunError> {
-    if scenario.target == Target::Aws {
+    if scenario.target == scenario::Target::Aws {
         return Err(RunError::CannotStart(
             "target `aws` needs resources created by `fleetsim setup`, which this build does not provide yet; use target `local`".into(),
         ));
@@ -89,18 +94,28 @@ pub async fn execute(
     if let Some(addr) = options.metrics {
         metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?;
     }
-    let emulator = start_emulator(scenario).await?;
+    let (emulator, target) = match &options.emulator {
+        None => {
+            let emulator = start_emulator(scenario).await?;
+            let target = Target::of(&emulator);
+            (Some(emulator), target)
+        }
+        Some(path) => (None, Target::standalone(scenario, path)?),
+    };
     let control = Arc::new(ControlPlane::for_endpoint(
-        &emulator.control_url(),
+        &target.control_url,
         emulator::REGION,
     ));
-    let setup = set_up(scenario, options, &control).await?;
+    let setup = match target.claim.clone() {
+        Some(claim) => claim,
+        None => set_up(scenario, options, &control).await?,
+    };
     let (store, credentials_dir) = credential_store(scenario)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
     recorder.publish_objectives(&scenario.slo);
     let stop = CancellationToken::new();
     let context = Arc::new(device_context(
-        scenario, &emulator, &setup, store, control, &recorder, &stop,
+        scenario, &target, &setup, store, control, &recorder, &stop,
     )?);
     let started = Instant::now();
     let outcomes = run_fleet(
@@ -120,9 +135,76 @@ pub async fn execute(
     Ok(RunSummary {
         report,
         outcomes,
-        emulator: Some(emulator),
+        emulator,
         credentials_dir,
     })
+}
+
+/// Where the fleet connects: the in-process emulator, or a standalone one
+/// that already holds a claim certificate.
+struct Target {
+    endpoint: Endpoint,
+    control_url: String,
+    root_pem: String,
+    claim: Option<SetupOutput>,
+}
+
+impl Target {
+    fn of(emulator: &Emulator) -> Target {
+        Target {
+            endpoint: Endpoint {
+                host: "localhost".to_owned(),
+                port: emulator.mqtt_addr().port(),
+            },
+            control_url: emulator.control_url(),
+            root_pem: emulator.root_pem().to_owned(),
+            claim: None,
+        }
+    }
+
+    /// Reads what `fleetsim emulator` wrote. A different template is refused: devices
+    /// would call RegisterThing on a template the emulator was not set up with.
+    fn standalone(scenario: &Scenario, path: &Path) -> Result<Target, RunError> {
+        let cannot = |e: StandaloneError| RunError::CannotStart(e.to_string());
+        let info = EmulatorInfo::load(path).map_err(cannot)?;
+        if info.template != scenario.provisioning.template {
+            return Err(RunError::CannotStart(format!(
+                "the emulator at {} was set up with template `{}` but the scenario uses `{}`; \
+                 start it with `--template {}` or change provisioning.template",
+                path.display(),
+                info.template,
+                scenario.provisioning.template,
+                scenario.provisioning.template
+            )));
+        }
+        warn_on_validity_mismatch(scenario, &info);
+        info!(mqtt = info.mqtt_port, control = %info.control_url, "targeting a running emulator");
+        Ok(Target {
+            endpoint: Endpoint {
+                host: info.mqtt_host.clone(),
+                port: info.mqtt_port,
+            },
+            control_url: info.control_url.clone(),
+            root_pem: info.root_pem().map_err(cannot)?,
+            claim: Some(info.claim().map_err(cannot)?),
+        })
+    }
+}
+
+/// The emulator, not the scenario, decides how long certificates last; rotation then
+/// follows the certificates' real notAfter, so the scenario's timing does not hold.
+fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
+    let wanted = scenario.to_real(scenario.certificates.validity);
+    let issued = info.certificate_validity();
+    if wanted.as_secs() != issued.as_secs() {
+        warn!(
+            emulator = %info.certificate_validity,
+            scenario = %format_duration(wanted),
+            "the running emulator issues certificates with a different real validity than \
+             certificates.validity / clock.speedup; rotations follow the emulator's validity \
+             (restart it with --certificate-validity to match)"
+        );
+    }
 }
 
 async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
@@ -144,7 +226,7 @@ async fn set_up(
     options: &RunOptions,
     control: &ControlPlane,
 ) -> Result<SetupOutput, RunError> {
-    let names = setup_names(scenario);
+    let names = setup_names(&scenario.provisioning.template);
     let spec = match &options.policies_dir {
         Some(dir) => SetupSpec::load(names, dir),
         None => SetupSpec::builtin(names),
@@ -184,24 +266,21 @@ fn clear_previous_run(root: &Path) -> Result<(), RunError> {
 
 fn device_context(
     scenario: &Scenario,
-    emulator: &Emulator,
+    target: &Target,
     setup: &SetupOutput,
     store: CredentialStore,
     control: Arc<ControlPlane>,
     recorder: &Arc<Recorder>,
     stop: &CancellationToken,
 ) -> Result<DeviceContext, RunError> {
-    let endpoint = Endpoint {
-        host: "localhost".to_owned(),
-        port: emulator.mqtt_addr().port(),
-    };
+    let endpoint = target.endpoint.clone();
     Ok(DeviceContext {
         connect: ConnectSettings {
             endpoint,
             keep_alive: std::time::Duration::from_secs(60),
             step_timeout: scenario.run.step_timeout,
         },
-        root_pem: emulator.root_pem().to_owned(),
+        root_pem: target.root_pem.clone(),
         claim: Credentials {
             certificate_pem: setup.claim_certificate_pem.clone(),
             private_key_pem: setup.claim_private_key_pem.clone(),

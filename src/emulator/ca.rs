@@ -40,6 +40,8 @@ pub enum CaError {
     UnsupportedCsr(String),
     #[error("certificate authority could not sign: {0}")]
     Signing(String),
+    #[error("stored certificate authority is damaged: {0}")]
+    Stored(String),
 }
 
 /// A certificate the CA has issued.
@@ -95,8 +97,31 @@ impl CertificateAuthority {
         })
     }
 
+    /// Loads a root saved from [`root_pem`](Self::root_pem) and
+    /// [`signing_key_pem`](Self::signing_key_pem), so that certificates
+    /// issued before a restart still chain to it.
+    pub fn from_pem(root_pem: &str, key_pem: &str) -> Result<CertificateAuthority, CaError> {
+        use rustls::pki_types::pem::PemObject;
+        let stored = |what: &str| CaError::Stored(what.to_owned());
+        let key = KeyPair::from_pem(key_pem).map_err(|_| stored("root key is not a PEM key"))?;
+        let root_der = CertificateDer::from_pem_slice(root_pem.as_bytes())
+            .map_err(|_| stored("root certificate is not PEM"))?;
+        let issuer = Issuer::from_ca_cert_der(&root_der, key)
+            .map_err(|e| stored(&format!("root certificate unusable: {e}")))?;
+        Ok(CertificateAuthority {
+            issuer,
+            root_der,
+            root_pem: root_pem.to_owned(),
+        })
+    }
+
     pub fn root_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// The root's private key as PKCS#8 PEM, for the state directory only.
+    pub fn signing_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     pub fn root_der(&self) -> &CertificateDer<'static> {
@@ -314,6 +339,24 @@ mod tests {
             ca.sign_csr(&tampered, Duration::from_secs(60)),
             Err(CaError::BadCsrSignature)
         ));
+    }
+
+    #[test]
+    fn a_reloaded_root_signs_certificates_that_chain_to_the_saved_root() {
+        let original = CertificateAuthority::generate("test root").unwrap();
+        let reloaded =
+            CertificateAuthority::from_pem(original.root_pem(), &original.signing_key_pem())
+                .unwrap();
+        let issued = reloaded
+            .sign_csr(
+                &csr_for(&KeyPair::generate().unwrap()),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let (_, root) = X509Certificate::from_der(original.root_der()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();
+        assert_eq!(cert.issuer(), root.subject());
+        cert.verify_signature(Some(root.public_key())).unwrap();
     }
 
     #[test]

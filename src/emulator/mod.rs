@@ -4,11 +4,14 @@
 //! [`Emulator::start`] brings all of it up on loopback ports inside the
 //! calling process; `fleetsim run` on the `local` target does exactly that,
 //! then configures it through the control plane as it would configure AWS.
+//! With a state directory (`fleetsim emulator`), the CA and the registry are
+//! loaded from it and every change is journaled there ([`persist`]).
 
 pub mod broker;
 pub mod ca;
 pub mod control_api;
 pub mod fleet_provisioning;
+pub mod persist;
 pub mod policy;
 pub mod registry;
 pub mod template;
@@ -16,6 +19,7 @@ pub mod tls;
 pub mod topic;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +27,7 @@ use broker::{Broker, BrokerConfig, BrokerHandle};
 use ca::CertificateAuthority;
 use control_api::{ControlApi, ControlApiHandle, ControlApiSettings};
 use fleet_provisioning::FleetProvisioning;
+use persist::{PersistError, PersistHandle, StateDir};
 use registry::Registry;
 
 /// The account id the emulator reports, AWS's documentation example.
@@ -38,6 +43,8 @@ pub struct EmulatorConfig {
     /// Real lifetime of the device certificates the emulator issues.
     pub certificate_validity: Duration,
     pub broker: BrokerConfig,
+    /// Where the CA and registry persist; `None` keeps everything in memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -48,6 +55,7 @@ impl Default for EmulatorConfig {
             control_bind: loopback_any,
             certificate_validity: Duration::from_secs(365 * 86_400),
             broker: BrokerConfig::default(),
+            state_dir: None,
         }
     }
 }
@@ -58,6 +66,8 @@ pub enum EmulatorError {
     Ca(#[from] ca::CaError),
     #[error("emulator TLS configuration: {0}")]
     Tls(String),
+    #[error("emulator state directory: {0}")]
+    State(#[from] PersistError),
     #[error("emulator cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -71,15 +81,17 @@ pub struct Emulator {
     registry: Arc<Registry>,
     broker: BrokerHandle,
     control: ControlApiHandle,
+    persist: Option<PersistHandle>,
 }
 
 impl Emulator {
     /// Creates the CA and server certificate, then starts the broker and
     /// the control-plane API.
     pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
-        let ca = Arc::new(CertificateAuthority::generate("fleetsim emulator root CA")?);
-        let registry = Arc::new(Registry::new(REGION, ACCOUNT_ID));
-        let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
+        let (ca, registry, persist) = open_state(config.state_dir.as_deref())?;
+        let names = server_names(config.mqtt_bind.ip());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let server = ca.issue_server(&names)?;
         let tls = tls::server_config(ca.root_der().clone(), server, Arc::clone(&registry))
             .map_err(|e| EmulatorError::Tls(e.to_string()))?;
         let provisioning = Arc::new(FleetProvisioning::new(
@@ -116,6 +128,7 @@ impl Emulator {
             registry,
             broker,
             control,
+            persist,
         })
     }
 
@@ -147,5 +160,37 @@ impl Emulator {
     pub async fn shutdown(self) {
         self.broker.shutdown().await;
         self.control.shutdown().await;
+        if let Some(persist) = self.persist {
+            persist.close().await;
+        }
     }
+}
+
+/// `localhost` and loopback, plus the bind address when clients must use it by number.
+fn server_names(bind: std::net::IpAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !bind.is_loopback() && !bind.is_unspecified() {
+        names.push(bind.to_string());
+    }
+    names
+}
+
+type State = (
+    Arc<CertificateAuthority>,
+    Arc<Registry>,
+    Option<PersistHandle>,
+);
+
+/// A fresh CA and empty registry in memory, or both loaded from `state_dir`.
+fn open_state(state_dir: Option<&std::path::Path>) -> Result<State, EmulatorError> {
+    let registry = Arc::new(Registry::new(REGION, ACCOUNT_ID));
+    let Some(dir) = state_dir else {
+        let ca = CertificateAuthority::generate("fleetsim emulator root CA")?;
+        return Ok((Arc::new(ca), registry, None));
+    };
+    let dir = StateDir::new(dir);
+    let lock = persist::lock(&dir)?;
+    let ca = Arc::new(persist::load_or_create_ca(&dir)?);
+    let persist = persist::open_registry(&dir, &registry, lock)?;
+    Ok((ca, registry, Some(persist)))
 }

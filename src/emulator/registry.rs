@@ -4,18 +4,23 @@
 //! It is the one source of truth that the TLS handshake, the broker's policy
 //! checks, Fleet Provisioning and the control-plane API all read and write.
 //! A certificate leaving ACTIVE is announced on a broadcast channel so that
-//! the broker can close that certificate's live connections.
+//! the broker can close that certificate's live connections. With a
+//! [`Journal`] attached (standalone mode), every change is recorded under the
+//! same lock that makes it, so the journal's order is the registry's order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::persist::{Change, Journal, JournalError, RegistryImage, StoredPolicy};
 use super::policy::PolicyDocument;
 
 /// The statuses AWS IoT gives a certificate. Only `Active` authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CertificateStatus {
     Active,
     Inactive,
@@ -47,8 +52,9 @@ impl CertificateStatus {
     }
 }
 
-/// A certificate the emulator has issued or registered.
-#[derive(Debug, Clone)]
+/// A certificate the emulator has issued or registered. Fields added later
+/// need `#[serde(default)]` so that older state directories still load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CertificateRecord {
     /// Lowercase hex SHA-256 of the DER encoding, as AWS computes it.
     pub id: String,
@@ -60,8 +66,10 @@ pub struct CertificateRecord {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// Things this certificate is attached to (non-exclusive).
+    #[serde(default)]
     pub things: BTreeSet<String>,
     /// Names of the policies attached to this certificate.
+    #[serde(default)]
     pub policies: BTreeSet<String>,
 }
 
@@ -75,7 +83,10 @@ pub struct NewCertificate {
     pub status: CertificateStatus,
 }
 
-#[derive(Debug, Clone)]
+/// A thing; every field defaults so that fields added later load from
+/// older state directories.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ThingRecord {
     pub name: String,
     pub id: String,
@@ -95,7 +106,9 @@ pub struct PolicyRecord {
     pub created_at: SystemTime,
 }
 
-#[derive(Debug, Clone)]
+/// A provisioning template; every field defaults, as for [`ThingRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TemplateRecord {
     pub name: String,
     pub arn: String,
@@ -105,6 +118,21 @@ pub struct TemplateRecord {
     pub provisioning_role_arn: String,
     pub created_at: SystemTime,
     pub last_modified: SystemTime,
+}
+
+impl Default for TemplateRecord {
+    fn default() -> Self {
+        TemplateRecord {
+            name: String::new(),
+            arn: String::new(),
+            description: String::new(),
+            body: String::new(),
+            enabled: false,
+            provisioning_role_arn: String::new(),
+            created_at: SystemTime::UNIX_EPOCH,
+            last_modified: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// A change other parts of the emulator must react to.
@@ -151,6 +179,7 @@ pub struct Registry {
     account: String,
     state: Mutex<State>,
     events: broadcast::Sender<CertificateEvent>,
+    journal: OnceLock<Arc<Journal>>,
 }
 
 impl Registry {
@@ -161,6 +190,91 @@ impl Registry {
             account: account.to_owned(),
             state: Mutex::new(State::default()),
             events,
+            journal: OnceLock::new(),
+        }
+    }
+
+    /// Records every later change in `journal`. Attach it before the
+    /// registry is shared: changes made earlier are not recorded.
+    pub fn attach_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Waits until every change made so far is on disk, so that a reply
+    /// sent after it is never undone by a crash. Immediate without a journal.
+    pub async fn durable(&self) -> Result<(), JournalError> {
+        match self.journal.get() {
+            Some(journal) => journal.wait_durable(journal.last_seq()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the whole content with a stored image (at start-up).
+    pub fn restore(&self, image: RegistryImage) -> Result<(), RegistryError> {
+        let mut restored = State::default();
+        for cert in image.certificates {
+            restored.certificates.insert(cert.id.clone(), cert);
+        }
+        for thing in image.things {
+            restored.things.insert(thing.name.clone(), thing);
+        }
+        for stored in image.policies {
+            let record = self.policy_record(stored)?;
+            restored.policies.insert(record.name.clone(), record);
+        }
+        for template in image.templates {
+            restored.templates.insert(template.name.clone(), template);
+        }
+        *self.lock() = restored;
+        Ok(())
+    }
+
+    /// The whole content and the journal sequence number it includes.
+    pub fn image(&self) -> (u64, RegistryImage) {
+        let state = self.lock();
+        let seq = self.journal.get().map_or(0, |j| j.last_seq());
+        let image = RegistryImage {
+            certificates: state.certificates.values().cloned().collect(),
+            things: state.things.values().cloned().collect(),
+            policies: state.policies.values().map(StoredPolicy::from).collect(),
+            templates: state.templates.values().cloned().collect(),
+        };
+        (seq, image)
+    }
+
+    fn policy_record(&self, stored: StoredPolicy) -> Result<PolicyRecord, RegistryError> {
+        let parsed = PolicyDocument::parse(&stored.document).map_err(|e| {
+            RegistryError::MalformedPolicy {
+                name: stored.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(PolicyRecord {
+            name: stored.name,
+            arn: stored.arn,
+            document: stored.document,
+            parsed: Arc::new(parsed),
+            created_at: stored.created_at,
+        })
+    }
+
+    /// Journals a change; called with the state lock held so that the
+    /// journal's order matches the order of the changes.
+    fn record(&self, change: impl FnOnce() -> Change) {
+        if let Some(journal) = self.journal.get() {
+            journal.append(change());
+        }
+    }
+
+    fn record_certificate(&self, state: &State, id: &str) {
+        if let Some(cert) = state.certificates.get(id) {
+            self.record(|| Change::Certificate(cert.clone()));
+        }
+    }
+
+    fn record_thing(&self, state: &State, name: &str) {
+        if let Some(thing) = state.things.get(name) {
+            self.record(|| Change::Thing(thing.clone()));
         }
     }
 
@@ -213,6 +327,7 @@ impl Registry {
         };
         let mut state = self.lock();
         state.certificates.insert(record.id.clone(), record.clone());
+        self.record(|| Change::Certificate(record.clone()));
         record
     }
 
@@ -253,6 +368,7 @@ impl Registry {
             }
             cert.status = status;
             cert.last_modified = SystemTime::now();
+            self.record_certificate(&state, id);
             previous
         };
         if previous == CertificateStatus::Active && status != CertificateStatus::Active {
@@ -275,6 +391,7 @@ impl Registry {
         });
         if unclaimed {
             state.certificates.remove(id);
+            self.record(|| Change::CertificateRemoved { id: id.to_owned() });
         }
         unclaimed
     }
@@ -309,6 +426,7 @@ impl Registry {
             version: 1,
         };
         state.things.insert(name.to_owned(), thing.clone());
+        self.record(|| Change::Thing(thing.clone()));
         (thing, true)
     }
 
@@ -326,6 +444,7 @@ impl Registry {
         if &thing.attributes != attributes {
             thing.attributes = attributes.clone();
             thing.version += 1;
+            self.record_thing(&state, name);
         }
         Ok(())
     }
@@ -355,6 +474,8 @@ impl Registry {
         if let Some(cert) = state.certificates.get_mut(cert_id) {
             cert.things.insert(thing.to_owned());
         }
+        self.record_thing(&state, thing);
+        self.record_certificate(&state, cert_id);
         Ok(())
     }
 
@@ -369,6 +490,8 @@ impl Registry {
         if let Some(cert) = state.certificates.get_mut(cert_id) {
             cert.things.remove(thing);
         }
+        self.record_thing(&state, thing);
+        self.record_certificate(&state, cert_id);
         Ok(())
     }
 
@@ -411,6 +534,7 @@ impl Registry {
             created_at: SystemTime::now(),
         };
         state.policies.insert(name.to_owned(), record.clone());
+        self.record(|| Change::Policy(StoredPolicy::from(&record)));
         Ok(record)
     }
 
@@ -434,6 +558,7 @@ impl Registry {
             });
         }
         cert.policies.insert(policy.to_owned());
+        self.record_certificate(&state, cert_id);
         Ok(())
     }
 
@@ -444,6 +569,7 @@ impl Registry {
             .get_mut(cert_id)
             .ok_or_else(|| not_found("certificate", cert_id))?;
         cert.policies.remove(policy);
+        self.record_certificate(&state, cert_id);
         Ok(())
     }
 
@@ -489,6 +615,7 @@ impl Registry {
             last_modified: now,
         };
         state.templates.insert(name.to_owned(), record.clone());
+        self.record(|| Change::Template(record.clone()));
         Ok(record)
     }
 

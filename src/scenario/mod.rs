@@ -16,7 +16,7 @@ mod values;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use values::format_duration;
+pub use values::{format_duration, parse_duration};
 
 /// The field name used for problems that belong to no field in particular.
 const TOP_LEVEL: &str = "(top level)";

@@ -35,7 +35,7 @@ const MAX_TOPIC_SLASHES: usize = 5;
 const MAX_TOPIC_CHARS: usize = 256 - "fleetsim/".len() - MAX_SERIAL_CHARS - 1;
 
 /// Parses `250ms`, `1.5s`, `10m`, `6h` or `30d` exactly (no floating point rounding).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let Some((number, unit_nanos)) = split_duration_unit(text) else {
         return Err(duration_unit_reason(text));
     };

@@ -21,6 +21,7 @@ use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, field};
 
 use super::codec::{CodecError, Inbound, MqttCodec};
+use super::lifecycle::Presence;
 use super::router::{ConnectionHandle, Delivery, Eviction};
 use super::session::{self, ClientIdError, Session, SubscriptionLimit, granted_qos};
 use super::{Shared, metric};
@@ -295,6 +296,7 @@ struct Connection {
     peer: Peer,
     keep_alive: Duration,
     last_heard: Instant,
+    presence: Presence,
 }
 
 impl Connection {
@@ -319,6 +321,8 @@ impl Connection {
         }
         metric::connection_opened();
         metric::connect_outcome("accepted");
+        let ip = wire.get_ref().get_ref().0.peer_addr().ok().map(|a| a.ip());
+        let presence = Presence::new(&handle.client_id, &handle.certificate_id, ip, handle.id);
         Connection {
             wire,
             shared: Arc::clone(shared),
@@ -332,6 +336,7 @@ impl Connection {
             authorizer,
             keep_alive: config.keep_alive.timeout(connect.keep_alive),
             last_heard: Instant::now(),
+            presence,
         }
     }
 
@@ -349,6 +354,8 @@ impl Connection {
         self.shared
             .router
             .unregister(&self.handle, self.session.filters());
+        let aws_reason = reason.label().to_ascii_uppercase();
+        self.presence.disconnected(&self.shared.router, &aws_reason);
         metric::connection_closed();
         close(&mut self.wire).await;
     }
@@ -363,6 +370,7 @@ impl Connection {
         if let Err(reason) = self.send(Packet::ConnAck(connack)).await {
             return reason;
         }
+        self.presence.connected(&self.shared.router);
         loop {
             let deadline = self.last_heard + self.keep_alive;
             let step = tokio::select! {
@@ -458,7 +466,11 @@ impl Connection {
             .handle_publish(&self.peer, topic, &payload)
             .await
         {
-            Some(reply) => self.queue_reply(reply.topic, reply.payload.into()),
+            // A reply is a promise to the device: it waits until the change is durable.
+            Some(reply) => match self.shared.registry.durable().await {
+                Ok(()) => self.queue_reply(reply.topic, reply.payload.into()),
+                Err(error) => debug!(%error, "provisioning reply withheld"),
+            },
             None => {
                 let routed = self.shared.router.route(topic, &payload, qos);
                 metric::dropped(routed.dropped);

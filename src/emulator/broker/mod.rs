@@ -5,12 +5,14 @@
 //!
 //! Each connection is one task; shared state is the [`router::Router`] tables. A broker-level
 //! task closes every connection of a certificate the registry announces as deactivated.
+//! Lifecycle events are published on `$aws/events/presence/...` ([`lifecycle`]).
 //! Not modelled yet: persistent sessions (every session is clean), retained messages (the
 //! retain flag is checked against `iot:RetainPublish`, then routed like any publish), Last
-//! Will, lifecycle events, MQTT 5, and AWS's rate limits.
+//! Will, MQTT 5, and AWS's rate limits.
 
 mod codec;
 mod connection;
+mod lifecycle;
 mod metric;
 mod router;
 mod session;

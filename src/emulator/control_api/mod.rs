@@ -143,6 +143,11 @@ async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Res
         Ok(body) => Call::new(&parts, body).and_then(|call| dispatch(service, &operation, &call)),
         Err(error) => Err(error),
     };
+    // An answer never reports a change that a crash could still undo.
+    let result = match (result, service.registry.durable().await) {
+        (Ok(_), Err(error)) => Err(ApiError::InternalFailure(error.to_string())),
+        (result, _) => result,
+    };
     finish(operation.name(), result)
 }
 
