@@ -610,55 +610,50 @@ impl Device {
 /// a refusal nor a working connection (a timeout under load, say).
 const PROOF_ATTEMPTS: u32 = 3;
 
-/// Whether `credentials` are refused at the handshake. A successful
-/// connection disproves it at once; an inconclusive error is retried, and
-/// is not a proof either.
+/// Whether `credentials` are refused at the handshake. A working
+/// connection disproves it; an inconclusive answer is not a proof either.
 pub async fn prove_refused(
     connect: &ConnectSettings,
     root_pem: &str,
     client_id: &str,
     credentials: &Credentials,
 ) -> bool {
-    let Ok(tls) = client_config(root_pem, credentials) else {
-        return false;
-    };
-    for attempt in 1..=PROOF_ATTEMPTS {
-        match Session::connect(connect, client_id, tls.clone()).await {
-            Ok(session) => {
-                session.disconnect().await;
-                return false;
-            }
-            Err(error) if error.reason == FailureReason::TlsRefused => return true,
-            Err(_) if attempt < PROOF_ATTEMPTS => sleep(Duration::from_millis(200)).await,
-            Err(_) => {}
-        }
-    }
-    false
+    probe(connect, root_pem, client_id, credentials).await == Some(false)
 }
 
-/// Whether `credentials` still open a working session as `client_id`,
-/// retrying inconclusive failures; a TLS refusal is final.
+/// Whether `credentials` still open a working session as `client_id`.
 pub async fn prove_works(
     connect: &ConnectSettings,
     root_pem: &str,
     client_id: &str,
     credentials: &Credentials,
 ) -> bool {
-    let Ok(tls) = client_config(root_pem, credentials) else {
-        return false;
-    };
+    probe(connect, root_pem, client_id, credentials).await == Some(true)
+}
+
+/// Connects once with `credentials` to learn whether they are accepted
+/// (`Some(true)`) or refused at the handshake (`Some(false)`). Anything
+/// else (a timeout under load, say) is retried, and stays `None` if it
+/// never resolves.
+async fn probe(
+    connect: &ConnectSettings,
+    root_pem: &str,
+    client_id: &str,
+    credentials: &Credentials,
+) -> Option<bool> {
+    let tls = client_config(root_pem, credentials).ok()?;
     for attempt in 1..=PROOF_ATTEMPTS {
         match Session::connect(connect, client_id, tls.clone()).await {
             Ok(session) => {
                 session.disconnect().await;
-                return true;
+                return Some(true);
             }
-            Err(error) if error.reason == FailureReason::TlsRefused => return false,
+            Err(error) if error.reason == FailureReason::TlsRefused => return Some(false),
             Err(_) if attempt < PROOF_ATTEMPTS => sleep(Duration::from_millis(200)).await,
             Err(_) => {}
         }
     }
-    false
+    None
 }
 
 /// Publishes a Fleet Provisioning request and decodes the accepted reply;

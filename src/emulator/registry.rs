@@ -632,7 +632,7 @@ fn not_found(kind: &'static str, id: &str) -> RegistryError {
 }
 
 /// A random 128-bit identifier in the 8-4-4-4-12 hex form AWS uses for ids.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let bytes: [u8; 16] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(

@@ -74,14 +74,5 @@ pub(super) fn epoch_seconds(time: SystemTime) -> f64 {
 
 /// A fresh request id in the 8-4-4-4-12 hex form AWS uses.
 pub(super) fn request_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::emulator::registry::random_id()
 }
