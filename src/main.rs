@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetsim::run::{RunError, RunOptions};
+use fleetsim::console::Access;
+use fleetsim::run::{ConsoleOptions, RunError, RunOptions};
 use fleetsim::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,15 @@ enum Command {
         /// template (defaults to the copies built into fleetsim).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// Serve the web console on this address (127.0.0.1:8080 when no
+        /// address is given). Access needs FLEETSIM_CONSOLE_TOKEN, or the
+        /// random token printed at start.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = fleetsim::console::DEFAULT_ADDR)]
+        console: Option<SocketAddr>,
+        /// Let anyone who can reach the console use it, without a token
+        /// (loopback addresses only).
+        #[arg(long, requires = "console")]
+        console_no_auth: bool,
     },
     /// Check a scenario file without running it.
     Validate {
@@ -64,16 +74,51 @@ fn main() -> ExitCode {
             metrics,
             no_metrics,
             policies,
+            console,
+            console_no_auth,
         } => {
+            let console = match console.map(|addr| console_options(addr, console_no_auth)) {
+                Some(Err(code)) => return code,
+                Some(Ok(options)) => Some(options),
+                None => None,
+            };
             let options = RunOptions {
                 report_path: report,
                 metrics: (!no_metrics).then_some(metrics),
                 policies_dir: policies,
                 progress: true,
+                console,
             };
             run(&scenario, options)
         }
     }
+}
+
+/// The console's access: no token when asked (with a warning), else the
+/// token from the environment or a random one that is printed at start.
+fn console_options(addr: SocketAddr, no_auth: bool) -> Result<ConsoleOptions, ExitCode> {
+    let (access, print_token) = if no_auth {
+        eprintln!(
+            "warning: the console has no token; anyone who can reach {addr} can drive devices"
+        );
+        (Access::Open, false)
+    } else {
+        let from_env = std::env::var(fleetsim::console::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let print_token = from_env.is_none();
+        let access = Access::token_or_random(from_env).map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CANNOT_START)
+        })?;
+        (access, print_token)
+    };
+    Ok(ConsoleOptions {
+        addr,
+        access,
+        print_token,
+        announce: None,
+    })
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
