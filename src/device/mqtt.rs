@@ -222,8 +222,10 @@ impl Session {
     /// Whether the connection has ended, without waiting.
     pub fn closed_reason(&mut self) -> Option<SessionError> {
         while let Ok(notice) = self.notices.try_recv() {
-            if let Notice::Closed(error) = notice {
-                return Some(error);
+            match notice {
+                Notice::Closed(error) => return Some(error),
+                Notice::Message { topic, payload } => self.hold(topic, payload),
+                _ => {}
             }
         }
         self.driver.is_finished().then(closed)

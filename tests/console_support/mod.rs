@@ -139,8 +139,7 @@ pub async fn raw_request(
         .write_all(head(method, path, token, body).as_bytes())
         .await
         .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
+    let response = read_response(&mut stream).await;
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let body = if head
@@ -152,6 +151,39 @@ pub async fn raw_request(
         body.to_owned()
     };
     (head.to_owned(), body)
+}
+
+/// Reads one response: up to its Content-Length when it has one
+/// (chromedriver keeps the socket open despite `Connection: close`), else
+/// to the end of the stream.
+async fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut buffer).await.unwrap();
+        if n == 0 {
+            return response;
+        }
+        response.extend_from_slice(&buffer[..n]);
+        if let Some(total) = expected_length(&response) {
+            if response.len() >= total {
+                return response;
+            }
+        }
+    }
+}
+
+/// Head plus body length, once the head is complete and names a length.
+fn expected_length(response: &[u8]) -> Option<usize> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))?
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    Some(end + length)
 }
 
 fn head(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> String {

@@ -89,6 +89,7 @@ function showFleet(doc) {
   const fleet = doc.fleet;
   $("fleet-panel").hidden = !fleet && !doc.emulator;
   if (doc.emulator) showEmulator(doc.emulator);
+  else fillTable($("emulator"), null, [["metrics", "not served (--no-metrics)"]]);
   if (!fleet) return;
   $("run-name").textContent = fleet.run + " · " + Math.round(fleet.elapsed_seconds) + " s";
   fillTable($("states"), null, Object.entries(fleet.states).concat([
@@ -146,7 +147,8 @@ async function follow() {
       }
     }
   } catch (e) {
-    // The run ended or the network dropped; try again below.
+    // The run ended or the network dropped; say why and try again below.
+    $("feed-status").title = String(e);
   }
   $("feed-status").textContent = "disconnected";
   $("feed-status").className = "pill bad";
@@ -163,7 +165,10 @@ function dispatch(chunk) {
   if (!data.length) return;
   const doc = JSON.parse(data.join("\n"));
   if (event === "fleet") showFleet(doc);
-  if (event === "step" && doc.serial === handsOnSerial) refreshHandsOn();
+  if (event === "step" && doc.serial === handsOnSerial) {
+    logSteps([doc.step]);
+    refreshHandsOn();
+  }
 }
 
 // ---- device view ----
@@ -226,9 +231,16 @@ async function search(event) {
 
 // ---- hands-on ----
 
+// Steps come both in action replies and on the live feed (messages and
+// automatic rotations only there); each is shown once.
+const logged = new Set();
+
 function logSteps(steps) {
   const log = $("wire-log");
   steps.forEach((s) => {
+    const key = `${s.at}|${s.name}|${s.detail}`;
+    if (logged.has(key)) return;
+    logged.add(key);
     log.appendChild(el("li", `${s.at.slice(11, 23)} ${s.name} (${s.duration_ms} ms): ${s.detail}`, s.ok ? "" : "bad"));
   });
   log.scrollTop = log.scrollHeight;
