@@ -165,10 +165,8 @@ async fn read_response(stream: &mut TcpStream) -> Vec<u8> {
             return response;
         }
         response.extend_from_slice(&buffer[..n]);
-        if let Some(total) = expected_length(&response) {
-            if response.len() >= total {
-                return response;
-            }
+        if expected_length(&response).is_some_and(|total| response.len() >= total) {
+            return response;
         }
     }
 }
