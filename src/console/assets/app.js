@@ -123,6 +123,14 @@ function showEmulator(emulator) {
   fillTable($("emulator"), null, rows);
 }
 
+// Counting the registry walks every record, so it is read on request only.
+async function showRegistry() {
+  const { status, data } = await api("/registry");
+  if (status !== 200) return;
+  fillTable($("registry"), null, [["things", data.things], ["certificates", data.certificates]]
+    .concat(Object.entries(data.certificates_by_status)));
+}
+
 // ---- live feed ----
 
 async function follow() {
@@ -293,6 +301,8 @@ async function start() {
   $("run-name").textContent = data.run || "";
   $("fleet-panel").hidden = !data.fleet && !data.emulator_metrics;
   $("hands-on-panel").hidden = !data.hands_on;
+  $("registry-btn").hidden = !data.registry;
+  if (data.registry) showRegistry();
   follow();
 }
 
@@ -302,6 +312,7 @@ function wire() {
     start();
   });
   $("search-form").addEventListener("submit", search);
+  $("registry-btn").addEventListener("click", showRegistry);
   $("create-form").addEventListener("submit", create);
   $("connect-btn").addEventListener("click", action("connect"));
   $("disconnect-btn").addEventListener("click", action("disconnect"));
