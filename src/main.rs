@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use fleetsim::run::{RunError, RunOptions};
+use fleetsim::console::Access;
+use fleetsim::run::{ConsoleOptions, RunError, RunOptions};
 use fleetsim::scenario::Scenario;
 use fleetsim::standalone::{Standalone, StandaloneOptions};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,15 @@ enum Command {
         /// emulator.json) instead of starting one inside this process.
         #[arg(long, value_name = "STATE_DIR")]
         emulator: Option<PathBuf>,
+        /// Serve the web console on this address (127.0.0.1:8080 when no
+        /// address is given). Access needs FLEETSIM_CONSOLE_TOKEN, or the
+        /// random token printed at start.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = fleetsim::console::DEFAULT_ADDR)]
+        console: Option<SocketAddr>,
+        /// Let anyone who can reach the console use it, without a token
+        /// (loopback addresses only).
+        #[arg(long, requires = "console")]
+        console_no_auth: bool,
     },
     /// Run the IoT Core emulator on its own until Ctrl-C or SIGTERM.
     Emulator(EmulatorArgs),
@@ -107,18 +117,53 @@ fn main() -> ExitCode {
             no_metrics,
             policies,
             emulator,
+            console,
+            console_no_auth,
         } => {
+            let console = match console.map(|addr| console_options(addr, console_no_auth)) {
+                Some(Err(code)) => return code,
+                Some(Ok(options)) => Some(options),
+                None => None,
+            };
             let options = RunOptions {
                 report_path: report,
                 metrics: (!no_metrics).then_some(metrics),
                 policies_dir: policies,
                 progress: true,
                 emulator,
+                console,
             };
             run(&scenario, options)
         }
         Command::Emulator(args) => standalone(args),
     }
+}
+
+/// The console's access: no token when asked (with a warning), else the
+/// token from the environment or a random one that is printed at start.
+fn console_options(addr: SocketAddr, no_auth: bool) -> Result<ConsoleOptions, ExitCode> {
+    let (access, print_token) = if no_auth {
+        eprintln!(
+            "warning: the console has no token; anyone who can reach {addr} can drive devices"
+        );
+        (Access::Open, false)
+    } else {
+        let from_env = std::env::var(fleetsim::console::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let print_token = from_env.is_none();
+        let access = Access::token_or_random(from_env).map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CANNOT_START)
+        })?;
+        (access, print_token)
+    };
+    Ok(ConsoleOptions {
+        addr,
+        access,
+        print_token,
+        announce: None,
+    })
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

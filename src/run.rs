@@ -13,8 +13,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::console::{self, Access, ConsoleHandle, ConsoleSources, FleetSources, HandsOn};
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
+use crate::device::live::LiveTable;
 use crate::device::mqtt::{ConnectSettings, Endpoint};
 use crate::device::task::{prove_refused, prove_works};
 use crate::device::{DeviceContext, DeviceOutcome, TelemetrySettings};
@@ -25,7 +27,7 @@ use crate::identity::store::CredentialStore;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
-use crate::scenario::{self, CredentialStorage, Qos, Scenario, format_duration};
+use crate::scenario::{self, CredentialStorage, Qos, Scenario, SerialPattern, format_duration};
 use crate::standalone::{EmulatorInfo, StandaloneError};
 
 /// How many end-of-run identity checks run at once.
@@ -45,7 +47,22 @@ pub struct RunOptions {
     /// A running `fleetsim emulator` to target (its state directory or its
     /// `emulator.json`) instead of starting one inside this process.
     pub emulator: Option<PathBuf>,
+    /// Serve the web console while the run goes on.
+    pub console: Option<ConsoleOptions>,
 }
+/// Where and how the web console is served.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    pub addr: SocketAddr,
+    pub access: Access,
+    /// Print the token with the console's address (it was made up at start).
+    pub print_token: bool,
+    /// Told the console's address once it listens (tests bind port 0).
+    pub announce: Option<tokio::sync::mpsc::UnboundedSender<SocketAddr>>,
+}
+
+/// How many hands-on steps the console's live feed buffers per browser.
+const HANDS_ON_FEED: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -91,9 +108,12 @@ pub async fn execute(
             "target `aws` needs resources created by `fleetsim setup`, which this build does not provide yet; use target `local`".into(),
         ));
     }
-    if let Some(addr) = options.metrics {
-        metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?;
-    }
+    let metrics_handle = match options.metrics {
+        Some(addr) => Some(
+            metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (emulator, target) = match &options.emulator {
         None => {
             let emulator = start_emulator(scenario).await?;
@@ -114,9 +134,23 @@ pub async fn execute(
     let recorder = Arc::new(Recorder::new(&scenario.name));
     recorder.publish_objectives(&scenario.slo);
     let stop = CancellationToken::new();
-    let context = Arc::new(device_context(
-        scenario, &target, &setup, store, control, &recorder, &stop,
-    )?);
+    let mut context = device_context(scenario, &target, &setup, store, control, &recorder, &stop)?;
+    let live = options.console.as_ref().map(|_| Arc::new(LiveTable::new()));
+    context.live = live.clone();
+    let context = Arc::new(context);
+    let console = match (&options.console, live) {
+        (Some(console_options), Some(live)) => {
+            let parts = ConsoleParts {
+                registry: emulator.as_ref().map(|e| Arc::clone(e.registry())),
+                context: &context,
+                recorder: &recorder,
+                live,
+                metrics: metrics_handle,
+            };
+            Some(start_console(console_options, scenario, parts).await?)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let outcomes = run_fleet(
         scenario,
@@ -128,6 +162,10 @@ pub async fn execute(
     )
     .await;
     let elapsed = started.elapsed();
+    if let Some((console, hands_on_stop)) = console {
+        hands_on_stop.cancel();
+        console.shutdown().await;
+    }
     let check = final_check(&context, &outcomes, scenario.fleet.size).await;
     let report = Report::build(&recorder, &scenario.slo, &check, elapsed)
         .map_err(|e| RunError::Failed(e.to_string()))?;
@@ -138,6 +176,96 @@ pub async fn execute(
         emulator,
         credentials_dir,
     })
+}
+
+/// What a run hands its console.
+struct ConsoleParts<'a> {
+    registry: Option<Arc<crate::emulator::registry::Registry>>,
+    context: &'a Arc<DeviceContext>,
+    recorder: &'a Arc<Recorder>,
+    live: Arc<LiveTable>,
+    metrics: Option<metrics::MetricsHandle>,
+}
+
+/// Starts the console with the fleet, the registry and a hands-on context
+/// that shares the run's target but not its store, measurements or
+/// serials. Returns it with the token that stops the hands-on devices.
+async fn start_console(
+    options: &ConsoleOptions,
+    scenario: &Scenario,
+    parts: ConsoleParts<'_>,
+) -> Result<(ConsoleHandle, CancellationToken), RunError> {
+    let hands_on_stop = CancellationToken::new();
+    let hands_on = HandsOn::new(
+        parts.context.hands_on(
+            hands_on_store(scenario)?,
+            Arc::new(Recorder::new(&format!("{}-console", scenario.name))),
+            Arc::new(LiveTable::with_feed(HANDS_ON_FEED)),
+            hands_on_stop.clone(),
+        ),
+        fleet_serials(scenario, Arc::clone(&parts.live)),
+    );
+    let sources = ConsoleSources {
+        fleet: Some(FleetSources {
+            run: scenario.name.clone(),
+            fleet_size: scenario.fleet.size,
+            slo: scenario.slo.clone(),
+            recorder: Arc::clone(parts.recorder),
+            live: parts.live,
+            started: Instant::now(),
+        }),
+        registry: parts.registry,
+        metrics: parts.metrics,
+        hands_on: Some(hands_on),
+    };
+    let handle = console::start(options.addr, options.access.clone(), sources)
+        .await
+        .map_err(|e| RunError::CannotStart(e.to_string()))?;
+    announce_console(options, handle.local_addr());
+    Ok((handle, hands_on_stop))
+}
+
+fn announce_console(options: &ConsoleOptions, addr: SocketAddr) {
+    match (&options.access, options.print_token) {
+        (Access::Token(token), true) => eprintln!("console: http://{addr}/#token={token}"),
+        (Access::Token(_), false) => {
+            eprintln!("console: http://{addr}/#token=<{}>", console::TOKEN_ENV)
+        }
+        (Access::Open, _) => {
+            eprintln!("console: http://{addr}/ (no token: anyone on this machine can use it)")
+        }
+    }
+    if let Some(announce) = &options.announce {
+        let _ = announce.send(addr);
+    }
+}
+
+/// Hands-on devices keep their credentials beside the run's, in a folder
+/// no run name can take (run names have no dot).
+fn hands_on_store(scenario: &Scenario) -> Result<CredentialStore, RunError> {
+    match &scenario.credentials {
+        CredentialStorage::Memory => Ok(CredentialStore::memory()),
+        CredentialStorage::Disk { dir } => {
+            let root = dir.join(format!("{}.console", scenario.name));
+            clear_previous_run(&root)?;
+            CredentialStore::disk(&root).map_err(|e| RunError::CannotStart(e.to_string()))
+        }
+    }
+}
+
+/// Whether a serial is one the fleet has or will have: a hands-on device
+/// with it would take over that device's thing.
+fn fleet_serials(scenario: &Scenario, live: Arc<LiveTable>) -> console::SerialReserved {
+    let (pattern, size) = (scenario.fleet.serial_pattern.clone(), scenario.fleet.size);
+    Box::new(move |serial| live.contains(serial) || is_fleet_serial(&pattern, size, serial))
+}
+
+fn is_fleet_serial(pattern: &SerialPattern, size: u64, serial: &str) -> bool {
+    serial
+        .strip_prefix(pattern.prefix.as_str())
+        .and_then(|rest| rest.strip_suffix(pattern.suffix.as_str()))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .is_some_and(|index| index < size && pattern.serial(index) == serial)
 }
 
 /// Where the fleet connects: the in-process emulator, or a standalone one
@@ -297,6 +425,7 @@ fn device_context(
             max_attempts: scenario.run.max_attempts,
         },
         stop: stop.clone(),
+        live: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! by claim through telemetry and certificate rotation.
 
 pub mod lifecycle;
+pub mod live;
 pub mod mqtt;
 pub mod task;
 

@@ -6,6 +6,7 @@
 //! first connection error instead of letting rumqttc reconnect on its own:
 //! reconnecting is the device's decision, paced by its backoff.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +66,13 @@ pub struct Session {
     notices: mpsc::UnboundedReceiver<Notice>,
     driver: tokio::task::JoinHandle<()>,
     step_timeout: Duration,
+    /// Messages that arrived while waiting for an ack or a reply, kept for
+    /// [`Session::next_message`] instead of being lost.
+    held: VecDeque<(String, bytes::Bytes)>,
 }
+
+/// Messages held per session; the oldest go first when more arrive.
+const MAX_HELD: usize = 64;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +127,7 @@ impl Session {
             notices,
             driver,
             step_timeout: settings.step_timeout,
+            held: VecDeque::new(),
         };
         session
             .wait_for("CONNACK", |n| matches!(n, Notice::Connected))
@@ -179,6 +187,7 @@ impl Session {
                 Some(Notice::Message { topic, payload }) if topic == rejected => {
                     return Ok(Err(payload));
                 }
+                Some(Notice::Message { topic, payload }) => self.hold(topic, payload),
                 Some(Notice::Closed(error)) => return Err(error),
                 None => return Err(closed()),
                 Some(_) => {}
@@ -186,11 +195,21 @@ impl Session {
         }
     }
 
+    fn hold(&mut self, topic: String, payload: bytes::Bytes) {
+        if self.held.len() == MAX_HELD {
+            self.held.pop_front();
+        }
+        self.held.push_back((topic, payload));
+    }
+
     /// The next message delivered to this connection within `wait`, if any.
     pub async fn next_message(
         &mut self,
         wait: Duration,
     ) -> Result<Option<(String, bytes::Bytes)>, SessionError> {
+        if let Some(held) = self.held.pop_front() {
+            return Ok(Some(held));
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.notices.recv()).await {
@@ -206,8 +225,10 @@ impl Session {
     /// Whether the connection has ended, without waiting.
     pub fn closed_reason(&mut self) -> Option<SessionError> {
         while let Ok(notice) = self.notices.try_recv() {
-            if let Notice::Closed(error) = notice {
-                return Some(error);
+            match notice {
+                Notice::Closed(error) => return Some(error),
+                Notice::Message { topic, payload } => self.hold(topic, payload),
+                _ => {}
             }
         }
         self.driver.is_finished().then(closed)
@@ -239,6 +260,7 @@ impl Session {
                 .map_err(|_| SessionError::timeout(what))?;
             match notice {
                 Some(n) if wanted(&n) => return Ok(()),
+                Some(Notice::Message { topic, payload }) => self.hold(topic, payload),
                 Some(Notice::Closed(error)) => return Err(error),
                 None => return Err(closed()),
                 Some(_) => {}

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
 
 use super::lifecycle::{Retry, RetryPolicy, RotationSchedule};
+use super::live::{CertificateSummary, LiveTable, Step};
 use super::mqtt::{ConnectSettings, Session, SessionError};
 use crate::control::ControlPlane;
 use crate::identity::store::CredentialStore;
@@ -54,6 +55,37 @@ pub struct DeviceContext {
     pub retry: RetryPolicy,
     /// Cancelled when the run ends: the device disconnects and returns.
     pub stop: CancellationToken,
+    /// Where the device shows its status while it runs (the console);
+    /// `None` costs nothing.
+    pub live: Option<Arc<LiveTable>>,
+}
+
+impl DeviceContext {
+    /// A context for devices driven by hand beside the fleet: the same
+    /// target, claim and template, with their own store, measurements,
+    /// live table and stop token, and no automatic telemetry or rotation.
+    pub fn hands_on(
+        &self,
+        store: CredentialStore,
+        recorder: Arc<Recorder>,
+        live: Arc<LiveTable>,
+        stop: CancellationToken,
+    ) -> DeviceContext {
+        DeviceContext {
+            connect: self.connect.clone(),
+            root_pem: self.root_pem.clone(),
+            claim: self.claim.clone(),
+            template: self.template.clone(),
+            store,
+            control: Arc::clone(&self.control),
+            recorder,
+            telemetry: None,
+            rotation: None,
+            retry: self.retry,
+            stop,
+            live: Some(live),
+        }
+    }
 }
 
 /// What a device leaves behind for the end-of-run checks.
@@ -71,7 +103,7 @@ pub struct DeviceOutcome {
 
 /// Why a device stopped early: the step that exhausted its attempts.
 #[derive(Debug)]
-struct GaveUp {
+pub(crate) struct GaveUp {
     op: Op,
     reason: FailureReason,
 }
@@ -88,7 +120,7 @@ enum Ending {
     Lost(SessionError),
 }
 
-struct Device {
+pub(crate) struct Device {
     ctx: Arc<DeviceContext>,
     serial: String,
     state: DeviceState,
@@ -103,23 +135,30 @@ struct Device {
 /// Runs one device whose arrival was scheduled at `due`.
 pub async fn run(ctx: Arc<DeviceContext>, serial: String, due: Instant) -> DeviceOutcome {
     let span = debug_span!("device", serial = %serial);
-    let mut device = Device {
-        ctx,
-        serial,
-        state: DeviceState::Pending,
-        thing: String::new(),
-        current: None,
-        unretired: None,
-        retired: Vec::new(),
-        rotations: 0,
-        rng: StdRng::from_rng(&mut rand::rng()),
-    };
+    let mut device = Device::new(ctx, serial);
     device.enter(DeviceState::Provisioning);
     let result = device.live(due).instrument(span).await;
     device.finish(result)
 }
 
 impl Device {
+    pub(crate) fn new(ctx: Arc<DeviceContext>, serial: String) -> Device {
+        ctx.recorder.device_state(None, DeviceState::Pending);
+        let device = Device {
+            ctx,
+            serial,
+            state: DeviceState::Pending,
+            thing: String::new(),
+            current: None,
+            unretired: None,
+            retired: Vec::new(),
+            rotations: 0,
+            rng: StdRng::from_rng(&mut rand::rng()),
+        };
+        device.show(|status| status.state = DeviceState::Pending);
+        device
+    }
+
     async fn live(&mut self, due: Instant) -> Result<(), GaveUp> {
         let stop = self.ctx.stop.clone();
         tokio::select! {
@@ -132,7 +171,9 @@ impl Device {
             None => return Ok(()),
         };
         // Provisioning ends when the device is online as itself.
-        self.ctx.recorder.record(Op::Provision, due.elapsed());
+        self.succeeded(Op::Provision, due.elapsed(), || {
+            format!("provisioned: online as {}", self.thing)
+        });
         loop {
             match self.online(&mut session).await? {
                 Ending::Stopped => {
@@ -173,11 +214,65 @@ impl Device {
         }
     }
 
-    fn enter(&mut self, state: DeviceState) {
+    pub(crate) fn enter(&mut self, state: DeviceState) {
         if state != self.state {
             self.ctx.recorder.device_state(Some(self.state), state);
             self.state = state;
+            self.show(|status| status.state = state);
         }
+    }
+
+    // ---- what the live view shows ----
+
+    /// Changes this device's live entry, when something watches.
+    fn show(&self, change: impl FnOnce(&mut super::live::DeviceStatus)) {
+        if let Some(live) = &self.ctx.live {
+            live.update(&self.serial, change);
+        }
+    }
+
+    /// Adds a step to the live timeline; `detail` is only built when
+    /// something watches.
+    fn note(
+        &self,
+        name: &'static str,
+        duration: Duration,
+        ok: bool,
+        detail: impl FnOnce() -> String,
+    ) {
+        if let Some(live) = &self.ctx.live {
+            let step = Step {
+                name,
+                at: SystemTime::now(),
+                duration,
+                ok,
+                detail: detail(),
+            };
+            live.step(&self.serial, step);
+        }
+    }
+
+    /// A step that succeeded: measured, and shown.
+    fn succeeded(&self, op: Op, latency: Duration, detail: impl FnOnce() -> String) {
+        self.ctx.recorder.record(op, latency);
+        self.note(op.as_str(), latency, true, detail);
+    }
+
+    /// A step that failed: counted by reason, and shown with its detail.
+    fn failed(&self, op: Op, error: &SessionError) {
+        self.ctx.recorder.failure(op, error.reason);
+        self.note(op.as_str(), Duration::ZERO, false, || {
+            format!("{}: {}", error.reason.as_str(), error.detail)
+        });
+    }
+
+    fn show_identity(&self) {
+        let summary = self.current.as_ref().and_then(CertificateSummary::of);
+        let thing = (!self.thing.is_empty()).then(|| self.thing.clone());
+        self.show(|status| {
+            status.current = summary;
+            status.thing = thing;
+        });
     }
 
     // ---- provisioning by claim ----
@@ -208,7 +303,9 @@ impl Device {
         let mut session = Session::connect(&self.ctx.connect, &client_id, claim_tls)
             .await
             .map_err(|e| (Op::ClaimConnect, e))?;
-        self.ctx.recorder.record(Op::ClaimConnect, due.elapsed());
+        self.succeeded(Op::ClaimConnect, due.elapsed(), || {
+            format!("TLS with the claim certificate, CONNACK accepted for client id {client_id}")
+        });
         session
             .subscribe(&self.reply_filters())
             .await
@@ -255,7 +352,13 @@ impl Device {
         )
         .await
         .map_err(|e| (op, e))?;
-        self.ctx.recorder.record(op, started.elapsed());
+        self.succeeded(op, started.elapsed(), || {
+            format!(
+                "published {}, accepted: certificate {}",
+                create_from_csr::REQUEST,
+                short(&reply.certificate_id)
+            )
+        });
         Ok(Issued {
             credentials: Credentials {
                 certificate_pem: reply.certificate_pem,
@@ -286,7 +389,9 @@ impl Device {
         )
         .await
         .map_err(|e| (op, e))?;
-        self.ctx.recorder.record(op, started.elapsed());
+        self.succeeded(op, started.elapsed(), || {
+            format!("published {topic}, accepted: thing {}", reply.thing_name)
+        });
         Ok(reply.thing_name)
     }
 
@@ -300,6 +405,7 @@ impl Device {
             .map_err(|e| SessionError::new(FailureReason::Storage, e.to_string()))?;
         self.thing = thing;
         self.current = Some(credentials);
+        self.show_identity();
         Ok(())
     }
 
@@ -318,7 +424,7 @@ impl Device {
             };
             match attempt_result {
                 Ok(session) => {
-                    self.ctx.recorder.record(Op::Connect, due.elapsed());
+                    self.succeeded(Op::Connect, due.elapsed(), || self.connected_detail());
                     self.enter(DeviceState::Online);
                     return Ok(Some(session));
                 }
@@ -409,7 +515,7 @@ impl Device {
                 Ok(())
             }
             Err(error) => {
-                self.ctx.recorder.failure(Op::Publish, error.reason);
+                self.failed(Op::Publish, &error);
                 Err(error)
             }
         }
@@ -437,6 +543,14 @@ impl Device {
         if !schedule.is_due(not_after, SystemTime::now()) {
             return Ok(None);
         }
+        self.rotate_in_state(session, due).await
+    }
+
+    async fn rotate_in_state(
+        &mut self,
+        session: &mut Session,
+        due: Instant,
+    ) -> Result<Option<Ending>, GaveUp> {
         self.enter(DeviceState::Rotating);
         let ending = self.rotate(session, due).await;
         if self.state == DeviceState::Rotating {
@@ -482,10 +596,20 @@ impl Device {
             None => return Ok(Some(Ending::Stopped)),
         }
         self.retire(&old).await;
-        self.ctx.recorder.record(Op::Rotate, due.elapsed());
         self.ctx.recorder.rotation_completed();
         self.record_rotation_lag(&old);
         self.rotations += 1;
+        let rotations = self.rotations;
+        self.show(|status| status.rotations = rotations);
+        self.succeeded(Op::Rotate, due.elapsed(), || {
+            let new = self.current.as_ref().and_then(|c| c.info().ok());
+            let old = old.info().ok();
+            format!(
+                "rotated: certificate {} replaced by {}",
+                old.map(|i| short(&i.id).to_owned()).unwrap_or_default(),
+                new.map(|i| short(&i.id).to_owned()).unwrap_or_default()
+            )
+        });
         Ok(None)
     }
 
@@ -493,7 +617,7 @@ impl Device {
     /// place, so the device stays online and tries again at its next check
     /// (a dead connection is noticed by the online loop).
     fn rotation_failed(&mut self, op: Op, error: SessionError) -> Option<Ending> {
-        self.ctx.recorder.failure(op, error.reason);
+        self.failed(op, &error);
         debug!(
             op = op.as_str(),
             reason = error.reason.as_str(),
@@ -511,7 +635,9 @@ impl Device {
         loop {
             match self.open_session(self.current.clone()).await {
                 Ok(session) => {
-                    self.ctx.recorder.record(Op::Connect, started.elapsed());
+                    self.succeeded(Op::Connect, started.elapsed(), || {
+                        format!("new certificate works: {}", self.connected_detail())
+                    });
                     return Ok(Some(session));
                 }
                 Err(error) if attempt + 1 < self.ctx.retry.max_attempts => {
@@ -519,7 +645,7 @@ impl Device {
                     self.back_off(Op::Connect, attempt, error).await?;
                 }
                 Err(error) => {
-                    self.ctx.recorder.failure(Op::Rotate, error.reason);
+                    self.failed(Op::Rotate, &error);
                     self.fall_back_to(old).await;
                     return self.connect_as_thing().await;
                 }
@@ -535,6 +661,7 @@ impl Device {
             debug!(error = %e, "could not restore the previous identity");
         }
         self.current = Some(old.clone());
+        self.show_identity();
     }
 
     /// Detaches and revokes the old certificate, then proves it is refused.
@@ -554,8 +681,8 @@ impl Device {
                 Ok(()) => break,
                 Err(error) => {
                     attempt += 1;
-                    let reason = FailureReason::ControlPlane;
-                    self.ctx.recorder.failure(Op::Revoke, reason);
+                    let failure = SessionError::new(FailureReason::ControlPlane, error.to_string());
+                    self.failed(Op::Revoke, &failure);
                     debug!(error = %error, attempt, "retiring the old certificate failed");
                     if attempt >= self.ctx.retry.max_attempts {
                         self.unretired = Some(old.clone());
@@ -565,13 +692,29 @@ impl Device {
                 }
             }
         }
-        self.ctx.recorder.record(Op::Revoke, started.elapsed());
+        self.succeeded(Op::Revoke, started.elapsed(), || {
+            format!(
+                "control plane: DetachThingPrincipal and UpdateCertificate REVOKED for {}",
+                short(&info.id)
+            )
+        });
         self.unretired = None;
-        if !self.prove_refused(old).await {
-            self.ctx
-                .recorder
-                .failure(Op::Revoke, FailureReason::RetiredStillAccepted);
+        let proving = Instant::now();
+        if self.prove_refused(old).await {
+            self.note("prove_refused", proving.elapsed(), true, || {
+                format!(
+                    "old certificate {} refused at the TLS handshake",
+                    short(&info.id)
+                )
+            });
+        } else {
+            let error = SessionError::new(
+                FailureReason::RetiredStillAccepted,
+                format!("old certificate {} still connects", short(&info.id)),
+            );
+            self.failed(Op::Revoke, &error);
         }
+        self.show(|status| status.push_retired(info.id.clone()));
         if let Err(e) = self.ctx.store.forget_previous(&self.serial).await {
             debug!(error = %e, "could not drop the retired backup");
         }
@@ -583,11 +726,108 @@ impl Device {
         prove_refused(&self.ctx.connect, &self.ctx.root_pem, &self.thing, old).await
     }
 
+    fn connected_detail(&self) -> String {
+        format!(
+            "TLS with the device certificate, CONNACK accepted for client id {}, subscribed",
+            self.thing
+        )
+    }
+
+    // ---- driven by hand (the console) ----
+
+    pub(crate) fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    pub(crate) fn thing(&self) -> Option<&str> {
+        (!self.thing.is_empty()).then_some(self.thing.as_str())
+    }
+
+    /// Adds a step that the console performed itself (subscribe, publish).
+    pub(crate) fn note_by_hand(
+        &self,
+        name: &'static str,
+        started: Instant,
+        ok: bool,
+        detail: String,
+    ) {
+        self.note(name, started.elapsed(), ok, || detail);
+    }
+
+    /// Provisions by claim once, then connects as the thing: the same steps
+    /// as a fleet device, without retries, so the console shows the first
+    /// failure as it is.
+    pub(crate) async fn provision_by_hand(&mut self) -> Result<Session, SessionError> {
+        let due = Instant::now();
+        self.enter(DeviceState::Provisioning);
+        if let Err((op, error)) = self.provision_once(due).await {
+            self.failed(op, &error);
+            self.enter(DeviceState::Failed);
+            return Err(error);
+        }
+        self.enter(DeviceState::Offline);
+        let session = self.connect_by_hand().await?;
+        self.succeeded(Op::Provision, due.elapsed(), || {
+            format!("provisioned: online as {}", self.thing)
+        });
+        Ok(session)
+    }
+
+    /// One connection attempt with the current certificate.
+    pub(crate) async fn connect_by_hand(&mut self) -> Result<Session, SessionError> {
+        let due = Instant::now();
+        match self.open_session(self.current.clone()).await {
+            Ok(session) => {
+                self.succeeded(Op::Connect, due.elapsed(), || self.connected_detail());
+                self.enter(DeviceState::Online);
+                Ok(session)
+            }
+            Err(error) => {
+                self.failed(Op::Connect, &error);
+                self.enter(DeviceState::Offline);
+                Err(error)
+            }
+        }
+    }
+
+    /// Rotates now, whatever the certificate's dates say. `Ok(true)` when
+    /// the rotation completed, `Ok(false)` when an attempt failed and the
+    /// old identity is still in use, `Err` when the device lost its
+    /// connection and could not get it back.
+    pub(crate) async fn rotate_by_hand(
+        &mut self,
+        session: &mut Session,
+    ) -> Result<bool, SessionError> {
+        let before = self.rotations;
+        match self.rotate_in_state(session, Instant::now()).await {
+            Ok(None) => Ok(self.rotations > before),
+            Ok(Some(_)) => Err(SessionError::new(FailureReason::Connection, "stopped")),
+            Err(gave_up) => {
+                self.enter(DeviceState::Offline);
+                Err(SessionError::new(
+                    gave_up.reason,
+                    format!("{} gave up", gave_up.op.as_str()),
+                ))
+            }
+        }
+    }
+
+    /// Whether the current certificate is inside `schedule`'s renewal window.
+    pub(crate) fn rotation_due(&self, schedule: &RotationSchedule) -> bool {
+        let not_after = self
+            .current
+            .as_ref()
+            .and_then(|c| c.info().ok())
+            .map(|info| info.not_after)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        schedule.is_due(not_after, SystemTime::now())
+    }
+
     // ---- failures ----
 
     /// Counts a failed attempt and sleeps before the next one, or gives up.
     async fn back_off(&mut self, op: Op, attempt: u32, error: SessionError) -> Result<(), GaveUp> {
-        self.ctx.recorder.failure(op, error.reason);
+        self.failed(op, &error);
         debug!(op = op.as_str(), attempt, reason = error.reason.as_str(), detail = %error.detail, "step failed");
         match self
             .ctx
@@ -703,6 +943,11 @@ fn telemetry_payload(serial: &str, sequence: u64, size: usize) -> Vec<u8> {
     body.extend(std::iter::repeat_n('x', padding));
     body.push_str(tail);
     body.into_bytes()
+}
+
+/// The first characters of a certificate id: enough to tell two apart.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 fn far_future() -> Instant {
