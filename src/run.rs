@@ -19,9 +19,10 @@ use crate::device::mqtt::{ConnectSettings, Endpoint};
 use crate::device::task::{prove_refused, prove_works};
 use crate::device::{DeviceContext, DeviceOutcome, TelemetrySettings};
 use crate::emulator::{self, Emulator, EmulatorConfig};
-use crate::fleet::{self, ArrivalSchedule, FleetPlan};
+use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
@@ -41,6 +42,8 @@ pub struct RunOptions {
     pub policies_dir: Option<PathBuf>,
     /// Show live progress while the fleet runs.
     pub progress: bool,
+    /// The slice of the fleet this process simulates; the whole by default.
+    pub shard: Shard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +98,8 @@ pub async fn execute(
         emulator::REGION,
     ));
     let setup = set_up(scenario, options, &control).await?;
-    let (store, credentials_dir) = credential_store(scenario)?;
+    let plan = fleet_plan(scenario, options.shard);
+    let (store, credentials_dir) = credential_store(scenario, plan.shard)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
     let stop = CancellationToken::new();
     let context = Arc::new(device_context(
@@ -104,6 +108,7 @@ pub async fn execute(
     let started = Instant::now();
     let outcomes = run_fleet(
         scenario,
+        &plan,
         options,
         Arc::clone(&context),
         &recorder,
@@ -112,9 +117,10 @@ pub async fn execute(
     )
     .await;
     let elapsed = started.elapsed();
-    let check = final_check(&context, &outcomes, scenario.fleet.size).await;
-    let report = Report::build(&recorder, &scenario.slo, &check, elapsed)
+    let check = final_check(&context, &outcomes, plan.shard_size()).await;
+    let mut report = Report::build(&recorder, &scenario.slo, &check, elapsed)
         .map_err(|e| RunError::Failed(e.to_string()))?;
+    report.shard = ShardInfo::of(&plan);
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -155,14 +161,30 @@ async fn set_up(
         .map_err(|e| RunError::CannotStart(format!("setting up the target: {e}")))
 }
 
+fn fleet_plan(scenario: &Scenario, shard: Shard) -> FleetPlan {
+    FleetPlan {
+        size: scenario.fleet.size,
+        serials: scenario.fleet.serial_pattern.clone(),
+        arrivals: ArrivalSchedule::new(&scenario.arrival),
+        shard,
+    }
+}
+
 /// Opens the credential store. A disk store starts empty: credentials left
 /// by an earlier run of the same scenario were issued by an emulator that
-/// no longer exists.
-fn credential_store(scenario: &Scenario) -> Result<(CredentialStore, Option<PathBuf>), RunError> {
+/// no longer exists. Each shard has its own folder, so that shards sharing
+/// a disk do not clear each other's credentials.
+fn credential_store(
+    scenario: &Scenario,
+    shard: Shard,
+) -> Result<(CredentialStore, Option<PathBuf>), RunError> {
     match &scenario.credentials {
         CredentialStorage::Memory => Ok((CredentialStore::memory(), None)),
         CredentialStorage::Disk { dir } => {
-            let root = dir.join(&scenario.name);
+            let mut root = dir.join(&scenario.name);
+            if !shard.is_whole() {
+                root.push(format!("shard-{}-of-{}", shard.index, shard.count));
+            }
             clear_previous_run(&root)?;
             let store =
                 CredentialStore::disk(&root).map_err(|e| RunError::CannotStart(e.to_string()))?;
@@ -246,20 +268,16 @@ fn rotation_schedule(scenario: &Scenario) -> Option<RotationSchedule> {
 /// interrupts; either way every device is told to disconnect.
 async fn run_fleet(
     scenario: &Scenario,
+    plan: &FleetPlan,
     options: &RunOptions,
     context: Arc<DeviceContext>,
     recorder: &Arc<Recorder>,
     interrupt: CancellationToken,
     stop: CancellationToken,
 ) -> Vec<DeviceOutcome> {
-    let plan = FleetPlan {
-        size: scenario.fleet.size,
-        serials: scenario.fleet.serial_pattern.clone(),
-        arrivals: ArrivalSchedule::new(&scenario.arrival),
-    };
     let progress = options
         .progress
-        .then(|| Progress::start(Arc::clone(recorder), scenario.fleet.size, stop.clone()));
+        .then(|| Progress::start(Arc::clone(recorder), plan.shard_size(), stop.clone()));
     let duration = scenario.run.duration;
     let timer = tokio::spawn({
         let stop = stop.clone();
@@ -271,8 +289,8 @@ async fn run_fleet(
             stop.cancel();
         }
     });
-    info!(run = %scenario.name, devices = plan.size, "fleet starting");
-    let outcomes = fleet::run(&plan, context, Instant::now(), stop.clone()).await;
+    info!(run = %scenario.name, devices = plan.shard_size(), shard = %plan.shard, "fleet starting");
+    let outcomes = fleet::run(plan, context, Instant::now(), stop.clone()).await;
     timer.abort();
     if let Some(progress) = progress {
         progress.finish();
