@@ -61,7 +61,7 @@ pub enum MergeError {
     #[error("{source_name}: not a fleetsim report: {reason}")]
     Parse { source_name: String, reason: String },
     #[error(
-        "{source_name}: {what} is {found}, but {first} has {expected}; reports of different runs cannot be merged"
+        "{source_name}: {what} `{found}` differs from `{expected}` in {first}; reports of different runs cannot be merged"
     )]
     Mismatch {
         source_name: String,
@@ -157,15 +157,15 @@ fn check_same_run(first: &NamedReport, other: &NamedReport) -> Result<(), MergeE
     };
     let (a, b) = (&first.report, &other.report);
     if a.run != b.run {
-        return Err(mismatch("the run", a.run.clone(), b.run.clone()));
+        return Err(mismatch("run", a.run.clone(), b.run.clone()));
     }
     let (sa, sb) = (ShardInfo::of_report(a), ShardInfo::of_report(b));
     if (sa.count, sa.fleet_devices) != (sb.count, sb.fleet_devices) {
         let layout = |s: ShardInfo| format!("{} shards of {} devices", s.count, s.fleet_devices);
-        return Err(mismatch("the layout", layout(sa), layout(sb)));
+        return Err(mismatch("layout", layout(sa), layout(sb)));
     }
     if objectives(a) != objectives(b) {
-        return Err(mismatch("the objectives", objectives(a), objectives(b)));
+        return Err(mismatch("objectives", objectives(a), objectives(b)));
     }
     let ops = |r: &Report| {
         r.operations
