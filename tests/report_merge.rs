@@ -125,8 +125,14 @@ fn merged_percentiles_come_from_the_added_histograms() {
 fn merged_counts_are_sums_and_the_rotation_mean_is_weighted_by_devices() {
     let merged = merge(&[shard_zero(), shard_one()]).unwrap();
     assert_eq!(merged.run, "merge");
-    assert_eq!(merged.shard, None, "the merged report covers the whole fleet");
-    assert_eq!((merged.devices, merged.provisioned, merged.devices_failed), (4, 4, 1));
+    assert_eq!(
+        merged.shard, None,
+        "the merged report covers the whole fleet"
+    );
+    assert_eq!(
+        (merged.devices, merged.provisioned, merged.devices_failed),
+        (4, 4, 1)
+    );
     assert_eq!(merged.elapsed_seconds, 12.0, "shards run side by side");
     let failures: Vec<_> = merged
         .failures
@@ -138,10 +144,16 @@ fn merged_counts_are_sums_and_the_rotation_mean_is_weighted_by_devices() {
         [("connect", "timeout", 3), ("publish", "connection", 4)]
     );
     assert_eq!(merged.operation(Op::Connect).unwrap().failures, 3);
-    assert_eq!(merged.rotations.total, 0, "no rotation counter was recorded");
+    assert_eq!(
+        merged.rotations.total, 0,
+        "no rotation counter was recorded"
+    );
     assert_eq!(merged.rotations.per_device_min, Some(1));
     assert_eq!(merged.rotations.per_device_mean, Some(2.5));
-    assert_eq!(merged.operation(Op::Connect).unwrap().throughput_per_second, 8.333);
+    assert_eq!(
+        merged.operation(Op::Connect).unwrap().throughput_per_second,
+        8.333
+    );
 }
 
 #[test]
@@ -149,7 +161,10 @@ fn every_objective_is_judged_again_on_the_fleet() {
     let merged = merge(&[shard_zero(), shard_one()]).unwrap();
     assert_eq!(verdict(&merged, "connect_p99"), (Some(2.0), false));
     assert_eq!(verdict(&merged, "max_failure_ratio"), (Some(0.25), true));
-    assert_eq!(verdict(&merged, "min_rotations_per_device"), (Some(1.0), false));
+    assert_eq!(
+        verdict(&merged, "min_rotations_per_device"),
+        (Some(1.0), false)
+    );
     assert_eq!(merged.slo.last().unwrap().measured, Some(0.0));
     assert!(!merged.passed && !merged.passed());
     let thresholds: Vec<f64> = merged.slo.iter().map(|v| v.threshold).collect();
@@ -189,7 +204,11 @@ fn reports_of_another_run_a_missing_shard_or_a_repeated_shard_are_refused() {
     let mut stricter = shard_one();
     stricter.report.slo[0].threshold = 1.0;
     let error = merge(&[shard_zero(), stricter]).unwrap_err();
-    assert!(error.to_string().starts_with("shard-1.json: objectives `connect_p99 AtMost 1 ms;"));
+    assert!(
+        error
+            .to_string()
+            .starts_with("shard-1.json: objectives `connect_p99 AtMost 1 ms;")
+    );
 }
 
 fn write(dir: &Path, named: &NamedReport) -> String {
@@ -209,10 +228,25 @@ fn fleetsim(args: &[&str]) -> Output {
 #[test]
 fn report_merge_exits_1_when_the_fleet_misses_an_objective_and_writes_the_merged_json() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (write(dir.path(), &shard_zero()), write(dir.path(), &shard_one()));
+    let (a, b) = (
+        write(dir.path(), &shard_zero()),
+        write(dir.path(), &shard_one()),
+    );
     let output = dir.path().join("fleet.json");
-    let out = fleetsim(&["report", "merge", &a, &b, "--output", output.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fleetsim(&[
+        "report",
+        "merge",
+        &a,
+        &b,
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("run merge: 12.0 s, 4 devices, 4 provisioned, 1 failed"));
     let written = Report::from_json(&std::fs::read_to_string(output).unwrap()).unwrap();
@@ -229,7 +263,12 @@ fn report_merge_exits_0_when_the_fleet_holds_every_objective() {
     let a = write(dir.path(), &lenient(shard_zero()));
     let b = write(dir.path(), &lenient(shard_one()));
     let out = fleetsim(&["report", "merge", &a, &b]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("result: PASS"));
 }
 
@@ -241,7 +280,10 @@ fn report_merge_exits_2_naming_the_file_it_cannot_read_or_parse() {
     let out = fleetsim(&["report", "merge", &a, &missing]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{missing}: cannot read report")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{missing}: cannot read report")),
+        "{stderr}"
+    );
 
     let garbage = dir.path().join("garbage.json");
     std::fs::write(&garbage, "{\"run\": 3}").unwrap();
@@ -249,5 +291,8 @@ fn report_merge_exits_2_naming_the_file_it_cannot_read_or_parse() {
     let out = fleetsim(&["report", "merge", &a, &garbage]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{garbage}: not a fleetsim report")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{garbage}: not a fleetsim report")),
+        "{stderr}"
+    );
 }
