@@ -52,6 +52,16 @@ enum Command {
         /// JOB_COMPLETION_INDEX (set by Kubernetes Indexed Jobs).
         #[arg(long, value_name = "N", env = "FLEETSIM_SHARDS")]
         shards: Option<u32>,
+        /// Local addresses to start device connections from, in turn
+        /// (comma-separated), so one machine is not limited to one
+        /// address's ephemeral ports.
+        #[arg(
+            long,
+            value_name = "IP,...",
+            value_delimiter = ',',
+            env = "FLEETSIM_SOURCE_ADDRESSES"
+        )]
+        source_addresses: Vec<std::net::IpAddr>,
     },
     /// Work with run reports.
     Report {
@@ -95,6 +105,7 @@ fn main() -> ExitCode {
             policies,
             shard,
             shards,
+            source_addresses,
         } => {
             let shard = match choose_shard(shard, shards) {
                 Ok(shard) => shard,
@@ -109,6 +120,7 @@ fn main() -> ExitCode {
                 policies_dir: policies,
                 progress: true,
                 shard,
+                source_addresses,
             };
             run(&scenario, options)
         }

@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
-use crate::device::mqtt::{ConnectSettings, Endpoint};
+use crate::device::mqtt::{ConnectSettings, Endpoint, SourceAddresses};
 use crate::device::task::{prove_refused, prove_works};
 use crate::device::{DeviceContext, DeviceOutcome, TelemetrySettings};
 use crate::emulator::{self, Emulator, EmulatorConfig};
@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// The slice of the fleet this process simulates; the whole by default.
     pub shard: Shard,
+    /// Local addresses device connections start from, in turn; empty lets
+    /// the operating system choose.
+    pub source_addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +105,11 @@ pub async fn execute(
     let (store, credentials_dir) = credential_store(scenario, plan.shard)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
     let stop = CancellationToken::new();
-    let context = Arc::new(device_context(
+    let mut context = device_context(
         scenario, &emulator, &setup, store, control, &recorder, &stop,
-    )?);
+    )?;
+    context.connect.sources = SourceAddresses::new(options.source_addresses.clone());
+    let context = Arc::new(context);
     let started = Instant::now();
     let outcomes = run_fleet(
         scenario,
@@ -221,6 +226,7 @@ fn device_context(
             endpoint,
             keep_alive: std::time::Duration::from_secs(60),
             step_timeout: scenario.run.step_timeout,
+            sources: SourceAddresses::default(),
         },
         root_pem: emulator.root_pem().to_owned(),
         claim: Credentials {

@@ -58,6 +58,7 @@ impl Target {
             },
             keep_alive: Duration::from_secs(60),
             step_timeout: Duration::from_secs(5),
+            sources: Default::default(),
         }
     }
 
