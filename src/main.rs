@@ -1,7 +1,7 @@
 //! The `fleetsim` command line: parses arguments, sets up logging, runs the
 //! chosen command and maps its outcome to an exit code that a CI job can
 //! act on (0: every SLO held; 1: an SLO or invariant was missed; 2: the run
-//! could not start).
+//! could not start, or the reports to merge could not be read or merged).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fleetsim::console::Access;
+use fleetsim::fleet::Shard;
+use fleetsim::observe::Report;
 use fleetsim::run::{ConsoleOptions, RunError, RunOptions};
 use fleetsim::scenario::Scenario;
 use fleetsim::standalone::{Standalone, StandaloneOptions};
@@ -58,6 +60,29 @@ enum Command {
         /// (loopback addresses only).
         #[arg(long, requires = "console")]
         console_no_auth: bool,
+        /// Simulate only shard I of N: devices I, I+N, I+2N, ... at their
+        /// single-process arrival times.
+        #[arg(long, value_name = "I/N", conflicts_with = "shards")]
+        shard: Option<Shard>,
+        /// Split the fleet into N shards and take this process's index from
+        /// JOB_COMPLETION_INDEX (set by Kubernetes Indexed Jobs).
+        #[arg(long, value_name = "N", env = "FLEETSIM_SHARDS")]
+        shards: Option<u32>,
+        /// Local addresses to start device connections from, in turn
+        /// (comma-separated), so one machine is not limited to one
+        /// address's ephemeral ports.
+        #[arg(
+            long,
+            value_name = "IP,...",
+            value_delimiter = ',',
+            env = "FLEETSIM_SOURCE_ADDRESSES"
+        )]
+        source_addresses: Vec<std::net::IpAddr>,
+    },
+    /// Work with run reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
     },
     /// Run the IoT Core emulator on its own until Ctrl-C or SIGTERM.
     Emulator(EmulatorArgs),
@@ -102,6 +127,20 @@ fn parse_validity(text: &str) -> Result<Duration, String> {
     Ok(validity)
 }
 
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Merge the JSON reports of every shard of one run into the fleet's
+    /// report: exact percentiles, totals and SLO verdicts.
+    Merge {
+        /// The shard reports (JSON), one per shard.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Also write the merged report as JSON to this file.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
 const EXIT_SLO_MISSED: u8 = 1;
 const EXIT_CANNOT_START: u8 = 2;
 
@@ -119,11 +158,21 @@ fn main() -> ExitCode {
             emulator,
             console,
             console_no_auth,
+            shard,
+            shards,
+            source_addresses,
         } => {
             let console = match console.map(|addr| console_options(addr, console_no_auth)) {
                 Some(Err(code)) => return code,
                 Some(Ok(options)) => Some(options),
                 None => None,
+            };
+            let shard = match choose_shard(shard, shards) {
+                Ok(shard) => shard,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(EXIT_CANNOT_START);
+                }
             };
             let options = RunOptions {
                 report_path: report,
@@ -132,10 +181,64 @@ fn main() -> ExitCode {
                 progress: true,
                 emulator,
                 console,
+                shard,
+                source_addresses,
             };
             run(&scenario, options)
         }
         Command::Emulator(args) => standalone(args),
+        Command::Report {
+            command: ReportCommand::Merge { reports, output },
+        } => merge(&reports, output.as_deref()),
+    }
+}
+
+/// `--shard I/N`, or `--shards N` with the index from the environment, or
+/// the whole fleet.
+fn choose_shard(
+    shard: Option<Shard>,
+    shards: Option<u32>,
+) -> Result<Shard, fleetsim::fleet::ShardError> {
+    match (shard, shards) {
+        (Some(shard), _) => Ok(shard),
+        (None, Some(count)) => {
+            let variable = Shard::INDEX_VARIABLE;
+            let value = std::env::var(variable).ok();
+            Shard::from_index_variable(variable, value.as_deref(), count)
+        }
+        (None, None) => Ok(Shard::WHOLE),
+    }
+}
+
+fn merge(reports: &[PathBuf], output: Option<&std::path::Path>) -> ExitCode {
+    let merged = match fleetsim::observe::merge::merge_files(reports) {
+        Ok(merged) => merged,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CANNOT_START);
+        }
+    };
+    if let Some(path) = output
+        && let Err(error) = write_json(&merged, path)
+    {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_CANNOT_START);
+    }
+    println!("{}", merged.render_table());
+    verdict_exit_code(&merged)
+}
+
+fn write_json(report: &Report, path: &std::path::Path) -> Result<(), String> {
+    let json = report.to_json_pretty().map_err(|e| e.to_string())?;
+    std::fs::write(path, json)
+        .map_err(|e| format!("{}: cannot write merged report: {e}", path.display()))
+}
+
+fn verdict_exit_code(report: &Report) -> ExitCode {
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SLO_MISSED)
     }
 }
 
@@ -197,11 +300,7 @@ fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
         match fleetsim::run::execute(&scenario, &options, interrupt).await {
             Ok(summary) => {
                 println!("{}", summary.report.render_table());
-                if summary.report.passed() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_SLO_MISSED)
-                }
+                verdict_exit_code(&summary.report)
             }
             Err(error @ RunError::CannotStart(_)) => {
                 eprintln!("error: {error}");

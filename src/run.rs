@@ -17,13 +17,14 @@ use crate::console::{self, Access, ConsoleHandle, ConsoleSources, FleetSources, 
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
 use crate::device::live::LiveTable;
-use crate::device::mqtt::{ConnectSettings, Endpoint};
+use crate::device::mqtt::{ConnectSettings, Endpoint, SourceAddresses};
 use crate::device::task::{prove_refused, prove_works};
 use crate::device::{DeviceContext, DeviceOutcome, TelemetrySettings};
 use crate::emulator::{self, Emulator, EmulatorConfig};
-use crate::fleet::{self, ArrivalSchedule, FleetPlan};
+use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
@@ -49,6 +50,11 @@ pub struct RunOptions {
     pub emulator: Option<PathBuf>,
     /// Serve the web console while the run goes on.
     pub console: Option<ConsoleOptions>,
+    /// The slice of the fleet this process simulates; the whole by default.
+    pub shard: Shard,
+    /// Local addresses device connections start from, in turn; empty lets
+    /// the operating system choose.
+    pub source_addresses: Vec<std::net::IpAddr>,
 }
 /// Where and how the web console is served.
 #[derive(Debug, Clone)]
@@ -130,13 +136,15 @@ pub async fn execute(
         Some(claim) => claim,
         None => set_up(scenario, options, &control).await?,
     };
-    let (store, credentials_dir) = credential_store(scenario)?;
+    let plan = fleet_plan(scenario, options.shard);
+    let (store, credentials_dir) = credential_store(scenario, plan.shard)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
     recorder.publish_objectives(&scenario.slo);
     let stop = CancellationToken::new();
     let mut context = device_context(scenario, &target, &setup, store, control, &recorder, &stop)?;
     let live = options.console.as_ref().map(|_| Arc::new(LiveTable::new()));
     context.live = live.clone();
+    context.connect.sources = SourceAddresses::new(options.source_addresses.clone());
     let context = Arc::new(context);
     let console = match (&options.console, live) {
         (Some(console_options), Some(live)) => {
@@ -154,6 +162,7 @@ pub async fn execute(
     let started = Instant::now();
     let outcomes = run_fleet(
         scenario,
+        &plan,
         options,
         Arc::clone(&context),
         &recorder,
@@ -166,9 +175,10 @@ pub async fn execute(
         hands_on_stop.cancel();
         console.shutdown().await;
     }
-    let check = final_check(&context, &outcomes, scenario.fleet.size).await;
-    let report = Report::build(&recorder, &scenario.slo, &check, elapsed)
+    let check = final_check(&context, &outcomes, plan.shard_size()).await;
+    let mut report = Report::build(&recorder, &scenario.slo, &check, elapsed)
         .map_err(|e| RunError::Failed(e.to_string()))?;
+    report.shard = ShardInfo::of(&plan);
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -366,14 +376,30 @@ async fn set_up(
         .map_err(|e| RunError::CannotStart(format!("setting up the target: {e}")))
 }
 
+fn fleet_plan(scenario: &Scenario, shard: Shard) -> FleetPlan {
+    FleetPlan {
+        size: scenario.fleet.size,
+        serials: scenario.fleet.serial_pattern.clone(),
+        arrivals: ArrivalSchedule::new(&scenario.arrival),
+        shard,
+    }
+}
+
 /// Opens the credential store. A disk store starts empty: credentials left
 /// by an earlier run of the same scenario were issued by an emulator that
-/// no longer exists.
-fn credential_store(scenario: &Scenario) -> Result<(CredentialStore, Option<PathBuf>), RunError> {
+/// no longer exists. Each shard has its own folder, so that shards sharing
+/// a disk do not clear each other's credentials.
+fn credential_store(
+    scenario: &Scenario,
+    shard: Shard,
+) -> Result<(CredentialStore, Option<PathBuf>), RunError> {
     match &scenario.credentials {
         CredentialStorage::Memory => Ok((CredentialStore::memory(), None)),
         CredentialStorage::Disk { dir } => {
-            let root = dir.join(&scenario.name);
+            let mut root = dir.join(&scenario.name);
+            if !shard.is_whole() {
+                root.push(format!("shard-{}-of-{}", shard.index, shard.count));
+            }
             clear_previous_run(&root)?;
             let store =
                 CredentialStore::disk(&root).map_err(|e| RunError::CannotStart(e.to_string()))?;
@@ -407,6 +433,7 @@ fn device_context(
             endpoint,
             keep_alive: std::time::Duration::from_secs(60),
             step_timeout: scenario.run.step_timeout,
+            sources: SourceAddresses::default(),
         },
         root_pem: target.root_pem.clone(),
         claim: Credentials {
@@ -455,20 +482,16 @@ fn rotation_schedule(scenario: &Scenario) -> Option<RotationSchedule> {
 /// interrupts; either way every device is told to disconnect.
 async fn run_fleet(
     scenario: &Scenario,
+    plan: &FleetPlan,
     options: &RunOptions,
     context: Arc<DeviceContext>,
     recorder: &Arc<Recorder>,
     interrupt: CancellationToken,
     stop: CancellationToken,
 ) -> Vec<DeviceOutcome> {
-    let plan = FleetPlan {
-        size: scenario.fleet.size,
-        serials: scenario.fleet.serial_pattern.clone(),
-        arrivals: ArrivalSchedule::new(&scenario.arrival),
-    };
     let progress = options
         .progress
-        .then(|| Progress::start(Arc::clone(recorder), scenario.fleet.size, stop.clone()));
+        .then(|| Progress::start(Arc::clone(recorder), plan.shard_size(), stop.clone()));
     let duration = scenario.run.duration;
     let timer = tokio::spawn({
         let stop = stop.clone();
@@ -480,8 +503,8 @@ async fn run_fleet(
             stop.cancel();
         }
     });
-    info!(run = %scenario.name, devices = plan.size, "fleet starting");
-    let outcomes = fleet::run(&plan, context, Instant::now(), stop.clone()).await;
+    info!(run = %scenario.name, devices = plan.shard_size(), shard = %plan.shard, "fleet starting");
+    let outcomes = fleet::run(plan, context, Instant::now(), stop.clone()).await;
     timer.abort();
     if let Some(progress) = progress {
         progress.finish();

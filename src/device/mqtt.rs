@@ -1,28 +1,76 @@
-//! One MQTT connection of a device, over mutual TLS, through rumqttc.
+//! One MQTT 3.1.1 connection of a device over mutual TLS: a small client of
+//! our own on tokio's `TcpSocket`, tokio-rustls and rumqttc's v4 packet codec.
 //!
-//! rumqttc's event loop must be polled to make progress; a small driver
-//! task polls it and forwards what the device cares about (acks, messages,
-//! the end of the connection) to the device task. The driver stops at the
-//! first connection error instead of letting rumqttc reconnect on its own:
-//! reconnecting is the device's decision, paced by its backoff.
+//! Owning the socket lets a connection start from a chosen local address,
+//! so one load machine can spread its connections over several source
+//! addresses and is not limited by one address's ephemeral ports; it also
+//! keeps a connection's memory to its TLS state and one framed buffer.
+//! A driver task owns the socket: it writes what the device sends, answers
+//! keep-alive and QoS 1 deliveries, and forwards acks, messages and the end
+//! of the connection. It never reconnects on its own: reconnecting is the
+//! device's decision, paced by its backoff.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS,
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::mqttbytes::v4::{
+    Codec, ConnectReturnCode, Packet, PubAck, Publish, Subscribe, SubscribeFilter,
 };
+use rumqttc::mqttbytes::{Error as PacketError, QoS};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::Framed;
 
 use crate::observe::FailureReason;
+
+/// Largest packet either side may send; AWS's payload limit is 128 KiB.
+const MAX_PACKET_BYTES: usize = 256 * 1024;
+
+type Wire = Framed<TlsStream<TcpStream>, Codec>;
 
 /// Where the broker listens, and the name its certificate carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+}
+
+/// Local addresses that connections start from, taken in turn; empty lets
+/// the operating system choose, as an unbound socket does.
+#[derive(Debug, Clone, Default)]
+pub struct SourceAddresses {
+    addresses: Arc<[IpAddr]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl SourceAddresses {
+    pub fn new(addresses: Vec<IpAddr>) -> SourceAddresses {
+        SourceAddresses {
+            addresses: addresses.into(),
+            next: Arc::default(),
+        }
+    }
+
+    /// The address the next connection starts from, round robin.
+    pub fn next(&self) -> Option<IpAddr> {
+        if self.addresses.is_empty() {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.addresses[turn % self.addresses.len()])
+    }
+
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.addresses
+    }
 }
 
 /// Why a connection or an exchange on it failed.
@@ -50,9 +98,8 @@ impl SessionError {
 }
 
 enum Notice {
-    Connected,
-    SubAck,
-    PubAck,
+    SubAck(u16),
+    PubAck(u16),
     Message {
         topic: String,
         payload: bytes::Bytes,
@@ -62,10 +109,11 @@ enum Notice {
 
 /// A live connection. Dropping it stops the driver and closes the socket.
 pub struct Session {
-    client: AsyncClient,
+    outgoing: mpsc::UnboundedSender<Packet>,
     notices: mpsc::UnboundedReceiver<Notice>,
     driver: tokio::task::JoinHandle<()>,
     step_timeout: Duration,
+    last_packet_id: u16,
     /// Messages that arrived while waiting for an ack or a reply, kept for
     /// [`Session::next_message`] instead of being lost.
     held: VecDeque<(String, bytes::Bytes)>,
@@ -92,6 +140,7 @@ pub struct ConnectSettings {
     pub endpoint: Endpoint,
     pub keep_alive: Duration,
     pub step_timeout: Duration,
+    pub sources: SourceAddresses,
 }
 
 impl Session {
@@ -101,50 +150,44 @@ impl Session {
         client_id: &str,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Session, SessionError> {
-        let mut options = MqttOptions::new(
-            client_id,
-            settings.endpoint.host.clone(),
-            settings.endpoint.port,
+        let deadline = Instant::now() + settings.step_timeout;
+        let tcp = open_tcp(settings, deadline).await?;
+        let stream = handshake(&settings.endpoint.host, tcp, tls, deadline).await?;
+        let mut wire = Framed::new(
+            stream,
+            Codec {
+                max_incoming_size: MAX_PACKET_BYTES,
+                max_outgoing_size: MAX_PACKET_BYTES,
+            },
         );
-        options
-            .set_keep_alive(settings.keep_alive)
-            .set_clean_session(true)
-            .set_max_packet_size(256 * 1024, 256 * 1024)
-            .set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls),
-            ));
-        let (client, mut event_loop) = AsyncClient::new(options, 16);
-        let mut network = rumqttc::NetworkOptions::new();
-        network.set_connection_timeout(settings.step_timeout.as_secs().max(1));
-        // Small request/reply packets: without this, Nagle's algorithm and
-        // delayed ACKs add tens of milliseconds to every exchange.
-        network.set_tcp_nodelay(true);
-        event_loop.set_network_options(network);
+        let deadline = Instant::now() + settings.step_timeout;
+        mqtt_connect(&mut wire, client_id, settings.keep_alive, deadline).await?;
+        let (outgoing, queued) = mpsc::unbounded_channel();
         let (tx, notices) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(event_loop, tx));
-        let mut session = Session {
-            client,
+        let driver = tokio::spawn(drive(wire, queued, tx, settings.keep_alive));
+        Ok(Session {
+            outgoing,
             notices,
             driver,
             step_timeout: settings.step_timeout,
+            last_packet_id: 0,
             held: VecDeque::new(),
-        };
-        session
-            .wait_for("CONNACK", |n| matches!(n, Notice::Connected))
-            .await?;
-        Ok(session)
+        })
     }
 
     pub async fn subscribe<S: AsRef<str>>(&mut self, filters: &[S]) -> Result<(), SessionError> {
         let filters = filters
             .iter()
-            .map(|f| rumqttc::SubscribeFilter::new(f.as_ref().to_owned(), QoS::AtLeastOnce));
-        self.client
-            .subscribe_many(filters)
-            .await
-            .map_err(|e| SessionError::new(FailureReason::Connection, e.to_string()))?;
-        self.wait_for("SUBACK", |n| matches!(n, Notice::SubAck))
-            .await
+            .map(|f| SubscribeFilter::new(f.as_ref().to_owned(), QoS::AtLeastOnce));
+        let mut subscribe = Subscribe::new_many(filters);
+        let id = self.packet_id();
+        subscribe.pkid = id;
+        self.send(Packet::Subscribe(subscribe))?;
+        self.wait_for(
+            "SUBACK",
+            |n| matches!(n, Notice::SubAck(acked) if *acked == id),
+        )
+        .await
     }
 
     /// Publishes and, for QoS 1, waits for the PUBACK.
@@ -154,15 +197,18 @@ impl Session {
         qos: QoS,
         payload: Vec<u8>,
     ) -> Result<(), SessionError> {
-        self.client
-            .publish(topic, qos, false, payload)
-            .await
-            .map_err(|e| SessionError::new(FailureReason::Connection, e.to_string()))?;
+        let mut publish = Publish::new(topic, qos, payload);
         if qos == QoS::AtMostOnce {
-            return Ok(());
+            return self.send(Packet::Publish(publish));
         }
-        self.wait_for("PUBACK", |n| matches!(n, Notice::PubAck))
-            .await
+        let id = self.packet_id();
+        publish.pkid = id;
+        self.send(Packet::Publish(publish))?;
+        self.wait_for(
+            "PUBACK",
+            |n| matches!(n, Notice::PubAck(acked) if *acked == id),
+        )
+        .await
     }
 
     /// Publishes a request and waits for the message on `accepted` or
@@ -175,9 +221,9 @@ impl Session {
         rejected: &str,
     ) -> Result<Result<bytes::Bytes, bytes::Bytes>, SessionError> {
         self.publish(topic, QoS::AtLeastOnce, payload).await?;
-        let deadline = tokio::time::Instant::now() + self.step_timeout;
+        let deadline = Instant::now() + self.step_timeout;
         loop {
-            let notice = tokio::time::timeout_at(deadline, self.notices.recv())
+            let notice = timeout_at(deadline, self.notices.recv())
                 .await
                 .map_err(|_| SessionError::timeout("provisioning reply"))?;
             match notice {
@@ -210,9 +256,9 @@ impl Session {
         if let Some(held) = self.held.pop_front() {
             return Ok(Some(held));
         }
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(deadline, self.notices.recv()).await {
+            match timeout_at(deadline, self.notices.recv()).await {
                 Err(_) => return Ok(None),
                 Ok(Some(Notice::Message { topic, payload })) => return Ok(Some((topic, payload))),
                 Ok(Some(Notice::Closed(error))) => return Err(error),
@@ -236,7 +282,7 @@ impl Session {
 
     /// Sends DISCONNECT and gives the driver a moment to flush it.
     pub async fn disconnect(mut self) {
-        if self.client.disconnect().await.is_ok() {
+        if self.send(Packet::Disconnect).is_ok() {
             let _ = timeout(Duration::from_millis(500), async {
                 while let Some(notice) = self.notices.recv().await {
                     if matches!(notice, Notice::Closed(_)) {
@@ -248,14 +294,25 @@ impl Session {
         }
     }
 
+    /// Packet identifiers are non-zero [MQTT-2.3.1-1]; one device has at most
+    /// one exchange in flight, so wrapping cannot collide.
+    fn packet_id(&mut self) -> u16 {
+        self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
+        self.last_packet_id
+    }
+
+    fn send(&self, packet: Packet) -> Result<(), SessionError> {
+        self.outgoing.send(packet).map_err(|_| closed())
+    }
+
     async fn wait_for(
         &mut self,
         what: &str,
         wanted: impl Fn(&Notice) -> bool,
     ) -> Result<(), SessionError> {
-        let deadline = tokio::time::Instant::now() + self.step_timeout;
+        let deadline = Instant::now() + self.step_timeout;
         loop {
-            let notice = tokio::time::timeout_at(deadline, self.notices.recv())
+            let notice = timeout_at(deadline, self.notices.recv())
                 .await
                 .map_err(|_| SessionError::timeout(what))?;
             match notice {
@@ -269,67 +326,212 @@ impl Session {
     }
 }
 
-async fn drive(mut event_loop: EventLoop, tx: mpsc::UnboundedSender<Notice>) {
-    loop {
-        let notice = match event_loop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => Notice::Connected,
-            Ok(Event::Incoming(Incoming::SubAck(_))) => Notice::SubAck,
-            Ok(Event::Incoming(Incoming::PubAck(_))) => Notice::PubAck,
-            Ok(Event::Incoming(Incoming::Publish(p))) => Notice::Message {
-                topic: p.topic,
-                payload: p.payload,
-            },
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                let _ = tx.send(Notice::Closed(closed()));
-                return;
-            }
-            Ok(_) => continue,
-            Err(error) => {
-                let _ = tx.send(Notice::Closed(classify(&error)));
-                return;
-            }
-        };
-        if tx.send(notice).is_err() {
-            return;
-        }
+/// A TCP connection to the broker, from the next source address if any.
+async fn open_tcp(
+    settings: &ConnectSettings,
+    deadline: Instant,
+) -> Result<TcpStream, SessionError> {
+    let source = settings.sources.next();
+    let broker = resolve(&settings.endpoint, source).await?;
+    let socket = match broker {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
+    .map_err(|e| connection_error("cannot open a socket", &e))?;
+    if let Some(source) = source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| connection_error(&format!("cannot bind source address {source}"), &e))?;
+    }
+    let tcp = timeout_at(deadline, socket.connect(broker))
+        .await
+        .map_err(|_| SessionError::timeout("TCP connection"))?
+        .map_err(|e| connection_error(&format!("cannot connect to {broker}"), &e))?;
+    // Small request/reply packets: without this, Nagle's algorithm and
+    // delayed ACKs add tens of milliseconds to every exchange.
+    tcp.set_nodelay(true)
+        .map_err(|e| connection_error("cannot set TCP_NODELAY", &e))?;
+    Ok(tcp)
+}
+
+/// The broker's address, of the source address's family when there is one.
+async fn resolve(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<SocketAddr, SessionError> {
+    let addresses = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| connection_error(&format!("cannot resolve {}", endpoint.host), &e))?;
+    let mut fitting = addresses.filter(|a| source.is_none_or(|s| s.is_ipv4() == a.is_ipv4()));
+    fitting.next().ok_or_else(|| {
+        SessionError::new(
+            FailureReason::Connection,
+            format!(
+                "{} has no address of the source address's family",
+                endpoint.host
+            ),
+        )
+    })
+}
+
+/// The client side of the TLS handshake; any failure here is the server
+/// refusing us or us refusing the server.
+async fn handshake(
+    host: &str,
+    tcp: TcpStream,
+    tls: Arc<rustls::ClientConfig>,
+    deadline: Instant,
+) -> Result<TlsStream<TcpStream>, SessionError> {
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+        SessionError::new(
+            FailureReason::TlsRefused,
+            format!("bad server name {host}: {e}"),
+        )
+    })?;
+    timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .map_err(|_| SessionError::timeout("TLS handshake"))?
+        .map_err(|e| SessionError::new(FailureReason::TlsRefused, format!("TLS handshake: {e}")))
+}
+
+/// CONNECT with a clean session, then the CONNACK. With TLS 1.3 a refused
+/// client certificate shows up here, as an alert on the first read.
+async fn mqtt_connect(
+    wire: &mut Wire,
+    client_id: &str,
+    keep_alive: Duration,
+    deadline: Instant,
+) -> Result<(), SessionError> {
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new(client_id);
+    connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+    connect.clean_session = true;
+    wire.send(Packet::Connect(connect))
+        .await
+        .map_err(|e| classify(&e))?;
+    let reply = timeout_at(deadline, wire.next())
+        .await
+        .map_err(|_| SessionError::timeout("CONNACK"))?;
+    match reply {
+        Some(Ok(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => Ok(()),
+        Some(Ok(Packet::ConnAck(ack))) => Err(SessionError::new(
+            FailureReason::MqttRefused,
+            format!("connection refused: {:?}", ack.code),
+        )),
+        Some(Ok(other)) => Err(SessionError::new(
+            FailureReason::Protocol,
+            format!("expected CONNACK, got {other:?}"),
+        )),
+        Some(Err(error)) => Err(classify(&error)),
+        None => Err(closed()),
+    }
+}
+
+/// Owns the socket until the connection ends: writes queued packets, reads
+/// and answers the broker, and pings when nothing was sent for a keep-alive
+/// period [MQTT-3.1.2-23].
+async fn drive(
+    mut wire: Wire,
+    mut queued: mpsc::UnboundedReceiver<Packet>,
+    notices: mpsc::UnboundedSender<Notice>,
+    keep_alive: Duration,
+) {
+    let mut ping_due = Instant::now() + keep_alive;
+    let mut awaiting_pong = false;
+    let end = loop {
+        tokio::select! {
+            packet = queued.recv() => {
+                let Some(packet) = packet else { return };
+                let leaving = matches!(packet, Packet::Disconnect);
+                if let Err(error) = wire.send(packet).await {
+                    break classify(&error);
+                }
+                if leaving {
+                    break closed();
+                }
+                ping_due = Instant::now() + keep_alive;
+            }
+            incoming = wire.next() => {
+                let packet = match incoming {
+                    Some(Ok(packet)) => packet,
+                    Some(Err(error)) => break classify(&error),
+                    None => break closed(),
+                };
+                if matches!(packet, Packet::PingResp) {
+                    awaiting_pong = false;
+                }
+                match answer(&mut wire, packet).await {
+                    Ok(Some(notice)) => {
+                        if notices.send(notice).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => break error,
+                }
+            }
+            () = sleep_until(ping_due) => {
+                if awaiting_pong {
+                    break SessionError::new(FailureReason::Timeout, "no PINGRESP within keep-alive");
+                }
+                if let Err(error) = wire.send(Packet::PingReq).await {
+                    break classify(&error);
+                }
+                awaiting_pong = true;
+                ping_due = Instant::now() + keep_alive;
+            }
+        }
+    };
+    let _ = notices.send(Notice::Closed(end));
+}
+
+/// What the device hears of one packet from the broker; QoS 1 deliveries
+/// are acknowledged here [MQTT-4.3.2-2].
+async fn answer(wire: &mut Wire, packet: Packet) -> Result<Option<Notice>, SessionError> {
+    let notice = match packet {
+        Packet::SubAck(ack) => Notice::SubAck(ack.pkid),
+        Packet::PubAck(ack) => Notice::PubAck(ack.pkid),
+        Packet::Publish(publish) => {
+            if publish.qos == QoS::AtLeastOnce {
+                let ack = Packet::PubAck(PubAck::new(publish.pkid));
+                wire.send(ack).await.map_err(|e| classify(&e))?;
+            }
+            Notice::Message {
+                topic: publish.topic,
+                payload: publish.payload,
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(notice))
 }
 
 fn closed() -> SessionError {
     SessionError::new(FailureReason::Connection, "connection closed")
 }
 
-/// Maps rumqttc's error onto the bounded failure reasons. A TLS 1.3 server
-/// refuses a client certificate after the client has finished its side of
-/// the handshake, so the refusal surfaces as a fatal alert on the first read,
-/// wrapped in however many layers of rumqttc's state and codec errors.
-pub fn classify(error: &ConnectionError) -> SessionError {
-    let reason = match error {
-        ConnectionError::ConnectionRefused(_) => FailureReason::MqttRefused,
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => FailureReason::Timeout,
-        ConnectionError::Tls(_) => FailureReason::TlsRefused,
-        other if carries_tls_alert(other) => FailureReason::TlsRefused,
+fn connection_error(what: &str, error: &std::io::Error) -> SessionError {
+    let reason = match error.kind() {
+        std::io::ErrorKind::TimedOut => FailureReason::Timeout,
         _ => FailureReason::Connection,
     };
-    SessionError::new(reason, error.to_string())
+    SessionError::new(reason, format!("{what}: {error}"))
 }
 
-/// Whether a fatal TLS alert from the server is somewhere in the error.
-/// rumqttc keeps some inner errors only in its message, not as a `source`,
-/// so the message is the fallback.
-fn carries_tls_alert(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let alert = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .or_else(|| e.downcast_ref::<rustls::Error>())
-            .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
-        if alert {
-            return true;
+/// Maps a read or write failure onto the bounded failure reasons. A TLS 1.3
+/// server refuses a client certificate after the client has finished its
+/// side of the handshake, so the refusal surfaces as a fatal alert on a
+/// later read.
+pub fn classify(error: &PacketError) -> SessionError {
+    match error {
+        PacketError::Io(io) if carries_tls_alert(io) => {
+            SessionError::new(FailureReason::TlsRefused, error.to_string())
         }
-        current = e.source();
+        PacketError::Io(io) => connection_error("connection", io),
+        other => SessionError::new(FailureReason::Protocol, other.to_string()),
     }
-    error.to_string().contains("received fatal alert")
+}
+
+/// Whether a fatal TLS alert from the server is inside the I/O error.
+fn carries_tls_alert(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
 }

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
+use super::merge::ShardInfo;
 use super::slo::{self, Bound, Measured, SloVerdict};
 use super::{DeviceState, FailureReason, ObserveError, Op, Recorder, Snapshot};
 use crate::scenario::Slo;
@@ -54,6 +55,9 @@ pub struct Report {
     pub slo: Vec<SloVerdict>,
     /// Whether every verdict passed, for readers of the JSON alone.
     pub passed: bool,
+    /// The slice of the fleet this report covers; absent for a whole fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
 }
 
 /// Latencies in milliseconds, from the moment the step was due; `None` when
@@ -87,6 +91,12 @@ pub struct Rotations {
     /// Over provisioned devices; `None` when none was provisioned.
     pub per_device_min: Option<u64>,
     pub per_device_mean: Option<f64>,
+    /// How many devices the per-device figures cover, and their rotations
+    /// summed: what merging the reports of several shards needs.
+    #[serde(default)]
+    pub devices: u64,
+    #[serde(default)]
+    pub per_device_sum: u64,
 }
 
 impl Report {
@@ -120,6 +130,7 @@ impl Report {
             retired_still_accepted: check.retired_still_accepted,
             passed: slo.iter().all(|verdict| verdict.passed),
             slo,
+            shard: None,
         })
     }
 
@@ -256,18 +267,30 @@ impl OperationReport {
         snapshot: &Snapshot,
         elapsed: Duration,
     ) -> Result<OperationReport, ObserveError> {
-        let quantile = |q: f64| percentile_ms(&histogram, q);
+        let failures = snapshot.failures_of(op);
+        OperationReport::from_histogram(op.as_str(), &histogram, failures, elapsed)
+    }
+
+    /// The figures of operation `op` from its histogram of successes (µs)
+    /// and its failure count, over a run of `elapsed`.
+    pub fn from_histogram(
+        op: &str,
+        histogram: &Histogram<u64>,
+        failures: u64,
+        elapsed: Duration,
+    ) -> Result<OperationReport, ObserveError> {
+        let quantile = |q: f64| percentile_ms(histogram, q);
         Ok(OperationReport {
-            op: op.as_str().to_owned(),
+            op: op.to_owned(),
             count: histogram.len(),
-            failures: snapshot.failures_of(op),
+            failures,
             p50_ms: quantile(0.50),
             p90_ms: quantile(0.90),
             p99_ms: quantile(0.99),
             p999_ms: quantile(0.999),
             max_ms: (!histogram.is_empty()).then(|| micros_to_ms(histogram.max())),
             throughput_per_second: round3(per_second(histogram.len(), elapsed)),
-            hdr_histogram: encode(op, &histogram)?,
+            hdr_histogram: encode(op, histogram)?,
         })
     }
 
@@ -294,6 +317,8 @@ impl Rotations {
             total,
             per_device_min: per_device.iter().copied().min(),
             per_device_mean: mean,
+            devices: per_device.len() as u64,
+            per_device_sum: per_device.iter().sum(),
         }
     }
 }
@@ -334,12 +359,12 @@ fn failure_counts(snapshot: &Snapshot) -> Vec<FailureCount> {
         .collect()
 }
 
-fn encode(op: Op, histogram: &Histogram<u64>) -> Result<String, ObserveError> {
+fn encode(op: &str, histogram: &Histogram<u64>) -> Result<String, ObserveError> {
     let mut bytes = Vec::new();
     V2DeflateSerializer::new()
         .serialize(histogram, &mut bytes)
         .map_err(|e| ObserveError::HistogramEncode {
-            op: op.as_str().to_owned(),
+            op: op.to_owned(),
             reason: format!("{e:?}"),
         })?;
     Ok(BASE64.encode(bytes))
@@ -364,11 +389,11 @@ fn per_second(count: u64, elapsed: Duration) -> f64 {
 
 /// Rounding to a fixed number of decimals keeps every number short enough to
 /// survive a JSON round trip exactly, and no report needs finer than a µs.
-fn round3(value: f64) -> f64 {
+pub(super) fn round3(value: f64) -> f64 {
     (value * 1e3).round() / 1e3
 }
 
-fn round6(value: f64) -> f64 {
+pub(super) fn round6(value: f64) -> f64 {
     (value * 1e6).round() / 1e6
 }
 

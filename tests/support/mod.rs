@@ -21,12 +21,18 @@ pub struct Target {
 }
 
 pub async fn configured_emulator(certificate_validity: Duration) -> Target {
-    let emulator = Emulator::start(EmulatorConfig {
+    configured(EmulatorConfig {
         certificate_validity,
         ..EmulatorConfig::default()
     })
     .await
-    .expect("emulator starts on loopback");
+}
+
+/// An emulator started with `config` and set up like `configured_emulator`.
+pub async fn configured(config: EmulatorConfig) -> Target {
+    let emulator = Emulator::start(config)
+        .await
+        .expect("emulator starts on loopback");
     let control = ControlPlane::for_endpoint(&emulator.control_url(), emulator::REGION);
     let names = SetupNames {
         account_id: emulator::ACCOUNT_ID.to_owned(),
@@ -58,6 +64,7 @@ impl Target {
             },
             keep_alive: Duration::from_secs(60),
             step_timeout: Duration::from_secs(5),
+            sources: Default::default(),
         }
     }
 
