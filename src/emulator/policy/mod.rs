@@ -2,15 +2,19 @@
 //! data-plane actions the broker checks. Parsing is strict, because an operator or key the
 //! emulator skipped would silently widen what a device may do.
 
+mod certificate;
 mod condition;
 mod pattern;
 mod statement;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use statement::Statement;
+
+pub use certificate::{CertificateFields, CertificateFieldsError};
 
 /// IoT's limit on a policy document, counted without whitespace.
 pub const MAX_POLICY_CHARS: usize = 2048;
@@ -84,14 +88,39 @@ impl Action {
     }
 }
 
-/// What policy variables resolve to for one connection.
+/// What policy variables resolve to for one request. The broker builds one per check from
+/// values it computed once per connection, so every field is borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestContext<'a> {
     pub client_id: &'a str,
     /// The thing named by the client id, present only when the connection's
-    /// certificate is attached to it.
+    /// certificate is attached to it; every thing variable needs it.
     pub thing_name: Option<&'a str>,
+    pub thing_type_name: Option<&'a str>,
+    pub thing_attributes: Option<&'a BTreeMap<String, String>>,
     pub certificate_id: &'a str,
+    /// The client certificate's subject, issuer and serial, for `iot:Certificate.*`.
+    pub certificate: Option<&'a CertificateFields>,
+    /// `iot:ConnectAttributes`: `PersistentConnect` and/or `LastWill`.
+    pub connect_attributes: &'a [&'a str],
+    /// `iot:LastWillTopic`, when the connection registered a will.
+    pub last_will_topic: Option<&'a str>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// A context with only the identity set; everything else unresolved.
+    pub const fn new(client_id: &'a str, certificate_id: &'a str) -> RequestContext<'a> {
+        RequestContext {
+            client_id,
+            thing_name: None,
+            thing_type_name: None,
+            thing_attributes: None,
+            certificate_id,
+            certificate: None,
+            connect_attributes: &[],
+            last_will_topic: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
