@@ -4,9 +4,9 @@
 use rumqttc::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::QoS as Qos5;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectProperties,
-    DisconnectReasonCode, LastWill, Packet, PubAck, PubAckReason, Publish, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    LastWill, Packet, PubAck, PubAckReason, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck, UnsubAckReason,
 };
 
 use crate::emulator::broker::packet::{
