@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+pub use codec::decode_client_stream;
 pub use session::KeepAliveClamp;
 
 use super::fleet_provisioning::FleetProvisioning;

@@ -252,3 +252,56 @@ pub fn is_allowed(
 ) -> bool {
     decide(policies, action, resource, context) == Decision::Allowed
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+        "Action":["iot:Connect","iot:Publish"],"Resource":"arn:aws:iot:*:*:topic/${iot:ClientId}/*",
+        "Condition":{"ForAnyValue:StringLike":{"iot:ConnectAttributes":"Persist*"},
+        "StringEquals":{"iot:Connection.Thing.Attributes[fleet]":"n","iot:Certificate.Subject.CommonName.List":"x"}}}]}"#;
+
+    /// Parses, and if accepted evaluates, a document: neither may panic.
+    fn parse_and_decide(text: &str) {
+        let Ok(document) = PolicyDocument::parse(text) else {
+            return;
+        };
+        let context = RequestContext {
+            thing_name: Some("t"),
+            connect_attributes: &["PersistentConnect", "LastWill"],
+            ..RequestContext::new("c", "id")
+        };
+        let resource = "arn:aws:iot:us-east-1:1:topic/c/x";
+        for action in [Action::Connect, Action::Publish, Action::Receive] {
+            decide(&[Arc::new(document.clone())], action, resource, &context);
+        }
+    }
+
+    #[test]
+    fn the_sample_document_parses() {
+        PolicyDocument::parse(VALID).expect("sample parses");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics_the_parser(text in "\\PC{0,300}") {
+            parse_and_decide(&text);
+        }
+
+        #[test]
+        fn mutated_documents_never_panic_the_parser(
+            at in 0usize..400,
+            replacement in "[\\[\\]{}\",:$*?a-zA-Z0-9.]{0,4}",
+        ) {
+            let mut text = VALID.to_owned();
+            let at = (at % text.len()..).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            text.replace_range(at..(at + 1).min(text.len()), &replacement);
+            parse_and_decide(&text);
+        }
+    }
+}
