@@ -15,24 +15,28 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, field};
 
-use super::codec::{CodecError, Inbound, MqttCodec};
-use super::packet::{ConnectRequest, OutboundPublish, Protocol, Reason, Reply, Request, Will};
+use super::codec::{CodecError, MqttCodec};
+use super::packet::{ConnectRequest, OutboundPublish, Protocol, Reason, Reply, Will};
 use super::parked::ParkedSession;
 use super::router::{ConnectionHandle, Delivery, Eviction};
-use super::session::{self, ClientIdError, Session};
+use super::session::Session;
 use super::{Shared, metric};
 use crate::emulator::fleet_provisioning::Peer;
-use crate::emulator::policy::{self, Action, CertificateFields, RequestContext};
+use crate::emulator::policy::Action;
 use crate::emulator::registry::CertificateStatus;
-use crate::emulator::tls::{self, Refusal};
-use crate::emulator::topic::{self, TopicError};
+use crate::emulator::topic::TopicError;
 
+mod authorizer;
 mod inbound;
+mod open;
+
+use authorizer::Authorizer;
+use open::open;
 
 type Wire = Framed<TlsStream<TcpStream>, MqttCodec>;
 
@@ -163,250 +167,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     .await
 }
 
-/// Who is on the other end of the TLS connection, read once at the handshake.
-struct PeerCertificate {
-    id: String,
-    fields: Option<CertificateFields>,
-}
-
-async fn open(tcp: TcpStream, shared: &Arc<Shared>) -> Option<Connection> {
-    let deadline = Instant::now() + shared.config.connect_timeout;
-    let Some((wire, certificate)) = accept_tls(tcp, shared, deadline).await else {
-        metric::connect_outcome("tls_refused");
-        return None;
-    };
-    tracing::Span::current().record("certificate_id", certificate.id.as_str());
-    open_session(wire, certificate, shared, deadline).await
-}
-
-async fn accept_tls(
-    tcp: TcpStream,
-    shared: &Shared,
-    deadline: Instant,
-) -> Option<(Wire, PeerCertificate)> {
-    let stream = match timeout_at(deadline, shared.acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tls::count_failed_handshake(&error);
-            debug!(%error, "tls handshake refused");
-            return None;
-        }
-        Err(_) => {
-            Refusal::HandshakeTimeout.count();
-            return None;
-        }
-    };
-    let connection = stream.get_ref().1;
-    let id = tls::peer_certificate_id(connection)?;
-    let der = connection.peer_certificates()?.first()?;
-    let fields = CertificateFields::from_der(der)
-        .inspect_err(|error| debug!(%error, "certificate variables unavailable"))
-        .ok();
-    let wire = Framed::new(stream, MqttCodec::new(shared.config.max_packet_size));
-    Some((wire, PeerCertificate { id, fields }))
-}
-
-/// Reads the CONNECT, applies AWS's rules and the `iot:Connect` policy, takes over the
-/// client id and its session, registers the connection. Returns None when it was refused.
-async fn open_session(
-    mut wire: Wire,
-    certificate: PeerCertificate,
-    shared: &Arc<Shared>,
-    deadline: Instant,
-) -> Option<Connection> {
-    let connect = match read_connect(&mut wire, deadline).await {
-        Ok(connect) => connect,
-        Err(refusal) => {
-            refuse(&mut wire, refusal).await;
-            return None;
-        }
-    };
-    tracing::Span::current().record("client_id", connect.client_id.as_str());
-    let authorizer = Authorizer::new(Arc::clone(shared), &connect, certificate);
-    if let Err(refusal) = check_connect(&connect, &authorizer) {
-        refuse(&mut wire, refusal).await;
-        return None;
-    }
-    let resumed = take_over(shared, &connect).await;
-    Some(Connection::register(
-        wire, connect, authorizer, resumed, shared,
-    ))
-}
-
-/// Why a CONNECT was not accepted, and what CONNACK (if any) says so.
-#[derive(Debug, thiserror::Error)]
-enum ConnectRefusal {
-    #[error("client sent no CONNECT in time")]
-    Timeout,
-    #[error(transparent)]
-    Closed(CloseReason),
-    #[error("client asked for protocol level {0}; only MQTT 3.1.1 (4) and 5 are served")]
-    UnsupportedProtocol(u8),
-    #[error(transparent)]
-    BadClientId(ClientIdError),
-    #[error("client's will is not acceptable: {0}")]
-    BadWill(&'static str, Reason),
-    #[error("client is not authorized to connect")]
-    NotAuthorized,
-}
-
-async fn read_connect(
-    wire: &mut Wire,
-    deadline: Instant,
-) -> Result<ConnectRequest, ConnectRefusal> {
-    let frame = timeout_at(deadline, wire.next())
-        .await
-        .map_err(|_| ConnectRefusal::Timeout)?;
-    let connect = match frame {
-        Some(Ok(Inbound::Request(Request::Connect(connect)))) => connect,
-        Some(Ok(Inbound::UnsupportedProtocol { level })) => {
-            return Err(ConnectRefusal::UnsupportedProtocol(level));
-        }
-        Some(Ok(Inbound::Request(_))) => {
-            let violation =
-                CloseReason::ProtocolViolation("first packet is not CONNECT [MQTT-3.1.0-1]");
-            return Err(ConnectRefusal::Closed(violation));
-        }
-        Some(Err(error)) => return Err(ConnectRefusal::Closed(error.into())),
-        None => return Err(ConnectRefusal::Closed(CloseReason::ConnectionLost(None))),
-    };
-    session::validate_client_id(&connect.client_id).map_err(ConnectRefusal::BadClientId)?;
-    Ok(connect)
-}
-
-/// The will's own rules, then `iot:Connect` (whose context carries the connect attributes
-/// and the will topic).
-fn check_connect(connect: &ConnectRequest, authorizer: &Authorizer) -> Result<(), ConnectRefusal> {
-    if let Some(will) = &connect.will {
-        if will.qos == rumqttc::mqttbytes::QoS::ExactlyOnce {
-            return Err(ConnectRefusal::BadWill("qos 2", Reason::QosNotSupported));
-        }
-        if topic::validate_topic_name(&will.topic).is_err() {
-            return Err(ConnectRefusal::BadWill(
-                "invalid topic",
-                Reason::TopicNameInvalid,
-            ));
-        }
-    }
-    if !authorizer.allows(Action::Connect, "client", &connect.client_id) {
-        return Err(ConnectRefusal::NotAuthorized);
-    }
-    Ok(())
-}
-
-async fn refuse(wire: &mut Wire, refusal: ConnectRefusal) {
-    debug!(error = %refusal, "connect refused");
-    let is_v5 = wire.codec().protocol() == Some(Protocol::V5);
-    let (outcome, code) = match &refusal {
-        ConnectRefusal::Timeout => ("timeout", None),
-        ConnectRefusal::Closed(reason) => {
-            if let Some(kind) = reason.malformed_kind() {
-                metric::malformed(kind);
-            }
-            ("protocol_error", None)
-        }
-        ConnectRefusal::UnsupportedProtocol(_) => (
-            "unsupported_protocol",
-            Some(Reason::UnsupportedProtocolVersion),
-        ),
-        ConnectRefusal::BadClientId(_) => ("bad_client_id", Some(Reason::ClientIdNotValid)),
-        ConnectRefusal::BadWill(_, reason) => ("protocol_error", is_v5.then_some(*reason)),
-        // AWS closes a 3.1.1 connection without a CONNACK [aws-iot-facts §3.6]; MQTT 5 has
-        // a reason code for it.
-        ConnectRefusal::NotAuthorized => ("not_authorized", is_v5.then_some(Reason::NotAuthorized)),
-    };
-    metric::connect_outcome(outcome);
-    if let Some(code) = code {
-        let connack = Reply::ConnAck {
-            session_present: false,
-            code,
-            limits: None,
-        };
-        let _ = wire.send(connack).await;
-    }
-    close(wire).await;
-}
-
-/// Drops an online connection with the same client id and waits for it to park its session,
-/// then returns the parked session to resume, unless the client asked for a clean start (or
-/// it expired), in which case the old session is discarded.
-async fn take_over(shared: &Shared, connect: &ConnectRequest) -> Option<ParkedSession> {
-    if let Some(online) = shared.router.online(&connect.client_id) {
-        online.evict(Eviction::DuplicateClientId);
-        let _ = timeout(TAKEOVER_GRACE, online.finished()).await;
-    }
-    let parked = shared.parked.take(&connect.client_id)?;
-    if connect.clean_start || parked.expires_at <= Instant::now() {
-        shared
-            .router
-            .unregister(&parked.handle, parked.session.filters());
-        return None;
-    }
-    Some(parked)
-}
-
 /// Flushes and sends close_notify, within a short grace period.
 async fn close(wire: &mut Wire) {
     let _ = timeout(CLOSE_GRACE, SinkExt::<Reply>::close(wire)).await;
-}
-
-/// Evaluates the certificate's policies for this connection. Everything that does not
-/// change during a connection (certificate fields, connect attributes) is computed once.
-struct Authorizer {
-    shared: Arc<Shared>,
-    client_id: String,
-    certificate_id: String,
-    certificate: Option<CertificateFields>,
-    connect_attributes: Vec<&'static str>,
-    last_will_topic: Option<String>,
-}
-
-impl Authorizer {
-    fn new(shared: Arc<Shared>, connect: &ConnectRequest, certificate: PeerCertificate) -> Self {
-        let mut connect_attributes = Vec::new();
-        if session_expiry(connect, shared.config.session_expiry) > Duration::ZERO {
-            connect_attributes.push("PersistentConnect");
-        }
-        if connect.will.is_some() {
-            connect_attributes.push("LastWill");
-        }
-        Authorizer {
-            shared,
-            client_id: connect.client_id.clone(),
-            certificate_id: certificate.id,
-            certificate: certificate.fields,
-            connect_attributes,
-            last_will_topic: connect.will.as_ref().map(|will| will.topic.clone()),
-        }
-    }
-
-    /// Whether `action` is allowed on `<kind>/<name>`; a denial is counted.
-    fn allows(&self, action: Action, kind: &str, name: &str) -> bool {
-        let registry = &self.shared.registry;
-        // The thing variables resolve only when the certificate is attached to the thing
-        // named by the client id [aws-iot-facts §3.3].
-        let thing = registry
-            .thing(&self.client_id)
-            .filter(|thing| thing.principals.contains(&self.certificate_id));
-        let context = RequestContext {
-            client_id: &self.client_id,
-            thing_name: thing.as_ref().map(|thing| thing.name.as_str()),
-            // The registry does not record thing types, so the variable never resolves.
-            thing_type_name: None,
-            thing_attributes: thing.as_ref().map(|thing| &thing.attributes),
-            certificate_id: &self.certificate_id,
-            certificate: self.certificate.as_ref(),
-            connect_attributes: &self.connect_attributes,
-            last_will_topic: self.last_will_topic.as_deref(),
-        };
-        let policies = registry.policies_of(&self.certificate_id);
-        let resource = registry.arn(kind, name);
-        let allowed = policy::is_allowed(&policies, action, &resource, &context);
-        if !allowed {
-            metric::policy_denial(action);
-        }
-        allowed
-    }
 }
 
 /// How long a session outlives its connection: 3.1.1 persistent sessions get the broker's
@@ -420,6 +183,44 @@ fn session_expiry(connect: &ConnectRequest, broker_max: Duration) -> Duration {
             asked.min(broker_max)
         }
     }
+}
+
+/// The QoS 1 messages in flight to this client: the broker's limit, lowered by an MQTT 5
+/// client's Receive Maximum.
+fn max_inflight(connect: &ConnectRequest, config: &super::BrokerConfig) -> usize {
+    let client_max = connect.receive_maximum.map_or(usize::MAX, usize::from);
+    config.max_inflight.min(client_max)
+}
+
+type SessionParts = (Arc<ConnectionHandle>, mpsc::Receiver<Delivery>, Session);
+
+/// A parked session under the new connection: same router id, queue and subscriptions.
+fn resume(
+    parked: ParkedSession,
+    connect: &ConnectRequest,
+    certificate_id: &str,
+    shared: &Shared,
+) -> SessionParts {
+    let kill = shared.shutdown.child_token();
+    let handle = parked.handle.resumed(kill, certificate_id.to_owned());
+    let mut session = parked.session;
+    session.set_max_inflight(max_inflight(connect, &shared.config));
+    (Arc::new(handle), parked.queue, session)
+}
+
+fn start_fresh(connect: &ConnectRequest, certificate_id: &str, shared: &Shared) -> SessionParts {
+    let config = &shared.config;
+    let (outbox_tx, outbox) = mpsc::channel(config.outbound_queue);
+    let handle = ConnectionHandle::new(
+        shared.next_connection_id(),
+        connect.client_id.clone(),
+        certificate_id.to_owned(),
+        outbox_tx,
+        shared.shutdown.child_token(),
+    );
+    let max_subscriptions = config.max_subscriptions_per_connection;
+    let session = Session::new(max_subscriptions, max_inflight(connect, config));
+    (Arc::new(handle), outbox, session)
 }
 
 /// A connection past CONNACK.
@@ -454,31 +255,11 @@ impl Connection {
         shared: &Arc<Shared>,
     ) -> Self {
         let config = &shared.config;
-        let max_inflight = connect.receive_maximum.map_or(config.max_inflight, |max| {
-            config.max_inflight.min(usize::from(max))
-        });
-        let kill = shared.shutdown.child_token();
         let certificate_id = authorizer.certificate_id.clone();
         let session_present = resumed.is_some();
         let (handle, outbox, session) = match resumed {
-            Some(parked) => {
-                let handle = parked.handle.resumed(kill, certificate_id.clone());
-                let mut session = parked.session;
-                session.set_max_inflight(max_inflight);
-                (Arc::new(handle), parked.queue, session)
-            }
-            None => {
-                let (outbox_tx, outbox) = mpsc::channel(config.outbound_queue);
-                let handle = ConnectionHandle::new(
-                    shared.next_connection_id(),
-                    connect.client_id.clone(),
-                    certificate_id.clone(),
-                    outbox_tx,
-                    kill,
-                );
-                let session = Session::new(config.max_subscriptions_per_connection, max_inflight);
-                (Arc::new(handle), outbox, session)
-            }
+            Some(parked) => resume(parked, &connect, &certificate_id, shared),
+            None => start_fresh(&connect, &certificate_id, shared),
         };
         if let Some(displaced) = shared.router.register(Arc::clone(&handle)) {
             displaced.evict(Eviction::DuplicateClientId);
