@@ -259,14 +259,13 @@ async fn a_silent_connection_is_closed_after_one_and_a_half_keep_alives() {
 }
 
 #[tokio::test]
-async fn an_mqtt5_connect_is_answered_with_unacceptable_protocol_version() {
+async fn an_mqtt31_connect_is_answered_with_unacceptable_protocol_version() {
     let emulator = Emulator::start();
     let device = emulator.active_device();
     let mut stream = raw_tls(emulator.addr(), &device).await;
-    let mut connect = connect_packet("v5-client", 60);
-    connect[8] = 5; // protocol level, after 0x10, length, 0x0004 and "MQTT"
-    connect.insert(12, 0); // MQTT 5 CONNECT properties after keep-alive: none
-    connect[1] += 1;
+    let mut connect = vec![0x10, 15, 0, 6];
+    connect.extend_from_slice(b"MQIsdp");
+    connect.extend_from_slice(&[3, 0x02, 0, 60, 0, 1, b'c']);
 
     stream.write_all(&connect).await.expect("connect");
 

@@ -41,18 +41,13 @@ fn policy(json: &str) -> Arc<PolicyDocument> {
 
 fn device(client_id: &str) -> RequestContext<'_> {
     RequestContext {
-        client_id,
         thing_name: Some(client_id),
-        certificate_id: "c0ffee",
+        ..RequestContext::new(client_id, "c0ffee")
     }
 }
 
 fn detached(client_id: &str) -> RequestContext<'_> {
-    RequestContext {
-        client_id,
-        thing_name: None,
-        certificate_id: "c0ffee",
-    }
+    RequestContext::new(client_id, "c0ffee")
 }
 
 fn allowed(
@@ -471,9 +466,8 @@ fn string_conditions_compare_the_client_id() {
     assert!(!connect("other"));
     assert!(allowed(&policy, Action::Publish, "topic/t", &device("a")));
     let mismatched = RequestContext {
-        client_id: "a",
         thing_name: Some("b"),
-        certificate_id: "c",
+        ..RequestContext::new("a", "c")
     };
     assert!(!allowed(&policy, Action::Publish, "topic/t", &mismatched));
 }
@@ -527,11 +521,11 @@ fn an_unknown_condition_operator_is_refused_with_its_location() {
 fn an_unknown_condition_key_is_refused_with_its_location() {
     let (statement, field, _) = malformed(
         r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"iot:Connect","Resource":"*",
-            "Condition":{"StringEquals":{"iot:ConnectAttributes":"LastWill"}}}}"#,
+            "Condition":{"StringEquals":{"aws:SourceIp":"10.0.0.1"}}}}"#,
     );
     assert_eq!(
         (statement, field.as_str()),
-        (Some(0), "Condition.StringEquals.iot:ConnectAttributes")
+        (Some(0), "Condition.StringEquals.aws:SourceIp")
     );
 }
 

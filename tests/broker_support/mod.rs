@@ -1,5 +1,6 @@
 //! Fixtures for the broker tests: an emulator (CA, registry, broker on 127.0.0.1:0), devices
 //! with certificates issued at test time, real rumqttc clients and raw TLS clients.
+#![allow(dead_code)] // each test file uses its own subset
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +14,7 @@ use fleetsim::emulator::registry::{CertificateStatus, NewCertificate, Registry};
 use fleetsim::emulator::tls;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rumqttc::mqttbytes::v4;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport, v5};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -43,6 +44,11 @@ pub struct EmulatorBuilder {
 impl EmulatorBuilder {
     pub fn keep_alive(mut self, min: Duration, max: Duration) -> Self {
         self.config.keep_alive = KeepAliveClamp { min, max };
+        self
+    }
+
+    pub fn session_expiry(mut self, expiry: Duration) -> Self {
+        self.config.session_expiry = expiry;
         self
     }
 
@@ -254,6 +260,178 @@ impl TestClient {
     }
 
     /// Whether anything at all arrives within `window`.
+    pub async fn quiet_for(&mut self, window: Duration) -> bool {
+        tokio::time::timeout(window, self.events.recv())
+            .await
+            .is_err()
+    }
+}
+
+impl TestClient {
+    /// Starts a 3.1.1 client whose options the caller adjusts (clean session, will).
+    pub fn start_with(
+        addr: SocketAddr,
+        client_id: &str,
+        credentials: &Credentials,
+        adjust: impl FnOnce(&mut MqttOptions),
+    ) -> TestClient {
+        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(60));
+        let tls = TlsConfiguration::Rustls(credentials.client_config());
+        options.set_transport(Transport::tls_with_config(tls));
+        adjust(&mut options);
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(error) => {
+                        let _ = tx.send(Err(error.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        TestClient { client, events }
+    }
+
+    /// The CONNACK of a client started with [`TestClient::start_with`].
+    pub async fn connack(&mut self) -> rumqttc::ConnAck {
+        match self.next_packet().await {
+            Ok(Packet::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+}
+
+/// An MQTT 5 rumqttc client, reporting like [`TestClient`].
+pub struct V5Client {
+    pub client: v5::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<v5::mqttbytes::v5::Packet, String>>,
+}
+
+impl V5Client {
+    pub fn start_with(
+        addr: SocketAddr,
+        client_id: &str,
+        credentials: &Credentials,
+        adjust: impl FnOnce(&mut v5::MqttOptions),
+    ) -> V5Client {
+        let mut options = v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(60));
+        let tls = TlsConfiguration::Rustls(credentials.client_config());
+        options.set_transport(Transport::tls_with_config(tls));
+        adjust(&mut options);
+        let (client, mut event_loop) = v5::AsyncClient::new(options, 64);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match event_loop.poll().await {
+                    Ok(v5::Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(v5::Event::Outgoing(_)) => {}
+                    Err(error) => {
+                        let _ = tx.send(Err(format!("{error:?}")));
+                        return;
+                    }
+                }
+            }
+        });
+        V5Client { client, events }
+    }
+
+    /// Starts a clean MQTT 5 client and waits for a successful CONNACK.
+    pub async fn connect(addr: SocketAddr, client_id: &str, credentials: &Credentials) -> Self {
+        let mut client = V5Client::start_with(addr, client_id, credentials, |_| {});
+        let ack = client.connack().await;
+        assert_eq!(ack.code, v5::mqttbytes::v5::ConnectReturnCode::Success);
+        client
+    }
+
+    pub async fn connack(&mut self) -> v5::mqttbytes::v5::ConnAck {
+        match self.next_packet().await {
+            Ok(v5::mqttbytes::v5::Packet::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn next_packet(&mut self) -> Result<v5::mqttbytes::v5::Packet, String> {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("client event within the wait")
+            .unwrap_or_else(|| Err("event loop ended".into()))
+    }
+
+    /// Subscribes and returns the SUBACK's reason codes.
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: v5::mqttbytes::QoS,
+    ) -> Vec<v5::mqttbytes::v5::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue subscribe");
+        loop {
+            match self.next_packet().await {
+                Ok(v5::mqttbytes::v5::Packet::SubAck(ack)) => return ack.return_codes,
+                Ok(_) => {}
+                Err(error) => panic!("subscribe failed: {error}"),
+            }
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, qos: v5::mqttbytes::QoS, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, false, payload.to_vec())
+            .await
+            .expect("queue publish");
+    }
+
+    /// The next PUBACK's reason code.
+    pub async fn next_puback(&mut self) -> v5::mqttbytes::v5::PubAckReason {
+        loop {
+            match self.next_packet().await {
+                Ok(v5::mqttbytes::v5::Packet::PubAck(ack)) => return ack.reason,
+                Ok(_) => {}
+                Err(error) => panic!("connection closed while waiting for a puback: {error}"),
+            }
+        }
+    }
+
+    pub async fn next_publish(&mut self) -> v5::mqttbytes::v5::Publish {
+        loop {
+            match self.next_packet().await {
+                Ok(v5::mqttbytes::v5::Packet::Publish(publish)) => return publish,
+                Ok(_) => {}
+                Err(error) => panic!("connection closed while waiting for a publish: {error}"),
+            }
+        }
+    }
+
+    /// How the connection ended, skipping other packets: rumqttc reports a server's
+    /// DISCONNECT as `ServerDisconnect { reason_code: .. }`.
+    pub async fn closed(&mut self) -> String {
+        loop {
+            match self.next_packet().await {
+                Ok(v5::mqttbytes::v5::Packet::Disconnect(disconnect)) => {
+                    return format!("{disconnect:?}");
+                }
+                Ok(_) => {}
+                Err(error) => return error,
+            }
+        }
+    }
+
     pub async fn quiet_for(&mut self, window: Duration) -> bool {
         tokio::time::timeout(window, self.events.recv())
             .await

@@ -1,45 +1,57 @@
-//! One client connection from TCP accept to close: the TLS handshake, the CONNECT exchange,
-//! then a single task that selects over the client's packets, its outbound queue and its
-//! keep-alive deadline, and that is closed from outside through a cancellation token.
+//! One client connection from TCP accept to close: the TLS handshake, the CONNECT exchange
+//! (either protocol version), then a single task that selects over the client's packets, its
+//! outbound queue and its keep-alive deadline, and that is closed from outside through a
+//! cancellation token. On close it sends the will and parks a persistent session.
+//!
+//! Modelling choices where AWS documents only MQTT 3.1.1: a policy denial closes a 3.1.1
+//! connection (as AWS does), while an MQTT 5 client gets reason code 0x87 on its PUBACK,
+//! SUBACK or CONNACK and stays connected; a denied QoS 0 publish is dropped. Where a 5
+//! connection must close, the broker first sends DISCONNECT with the reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, Unsubscribe,
-};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, field};
 
-use super::codec::{CodecError, Inbound, MqttCodec};
+use super::codec::{CodecError, MqttCodec};
 use super::lifecycle::Presence;
+use super::packet::{ConnectRequest, OutboundPublish, Protocol, Reason, Reply, Will};
+use super::parked::ParkedSession;
 use super::router::{ConnectionHandle, Delivery, Eviction};
-use super::session::{self, ClientIdError, Session, SubscriptionLimit, granted_qos};
+use super::session::Session;
 use super::{Shared, metric};
 use crate::emulator::fleet_provisioning::Peer;
-use crate::emulator::policy::{self, Action, RequestContext};
-use crate::emulator::tls::{self, Refusal};
-use crate::emulator::topic::{self, TopicError};
+use crate::emulator::policy::Action;
+use crate::emulator::registry::CertificateStatus;
+use crate::emulator::topic::TopicError;
+
+mod authorizer;
+mod inbound;
+mod open;
+
+use authorizer::Authorizer;
+use open::open;
 
 type Wire = Framed<TlsStream<TcpStream>, MqttCodec>;
 
 /// How long a close_notify may take before the socket is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a client taking over an id waits for the old connection to park its session.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
+
 /// Why a connection ended. The label is AWS's lifecycle `disconnectReason`, lowercased.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseReason {
     #[error("client disconnected")]
-    ClientDisconnect,
+    ClientDisconnect { with_will: bool },
     #[error("connection lost")]
     ConnectionLost(#[source] Option<std::io::Error>),
     #[error("client sent nothing for {0:?}, 1.5 times its keep-alive")]
@@ -50,6 +62,8 @@ pub enum CloseReason {
     InvalidTopic(TopicError),
     #[error("client broke the protocol: {0}")]
     ProtocolViolation(&'static str),
+    #[error("client asked for something IoT Core refuses: {what}")]
+    Refused { reason: Reason, what: &'static str },
     #[error("client is not authorized: {action:?} on {resource}")]
     Forbidden { action: Action, resource: String },
     #[error("another connection took over the client id")]
@@ -63,12 +77,13 @@ pub enum CloseReason {
 impl CloseReason {
     fn label(&self) -> &'static str {
         match self {
-            CloseReason::ClientDisconnect => "client_initiated_disconnect",
+            CloseReason::ClientDisconnect { .. } => "client_initiated_disconnect",
             CloseReason::ConnectionLost(_) => "connection_lost",
             CloseReason::KeepAliveTimeout(_) => "mqtt_keep_alive_timeout",
             CloseReason::Malformed(_)
             | CloseReason::InvalidTopic(_)
-            | CloseReason::ProtocolViolation(_) => "client_error",
+            | CloseReason::ProtocolViolation(_)
+            | CloseReason::Refused { .. } => "client_error",
             CloseReason::Forbidden { .. } => "forbidden_access",
             CloseReason::DuplicateClientId => "duplicate_clientid",
             CloseReason::CertificateDeactivated => "auth_error",
@@ -81,9 +96,34 @@ impl CloseReason {
         match self {
             CloseReason::Malformed(_) => Some("decode"),
             CloseReason::InvalidTopic(_) => Some("topic"),
-            CloseReason::ProtocolViolation(_) => Some("protocol"),
+            CloseReason::ProtocolViolation(_) | CloseReason::Refused { .. } => Some("protocol"),
             _ => None,
         }
+    }
+
+    /// The reason an MQTT 5 client is told in the broker's DISCONNECT; `None` when the
+    /// client closed or the connection is already gone.
+    fn disconnect_reason(&self) -> Option<Reason> {
+        let reason = match self {
+            CloseReason::ClientDisconnect { .. } | CloseReason::ConnectionLost(_) => return None,
+            CloseReason::KeepAliveTimeout(_) => Reason::KeepAliveTimeout,
+            CloseReason::Malformed(error) if error.is_too_large() => Reason::PacketTooLarge,
+            CloseReason::Malformed(_) => Reason::MalformedPacket,
+            CloseReason::InvalidTopic(_) => Reason::TopicNameInvalid,
+            CloseReason::ProtocolViolation(_) => Reason::ProtocolError,
+            CloseReason::Refused { reason, .. } => *reason,
+            CloseReason::Forbidden { .. } => Reason::NotAuthorized,
+            CloseReason::DuplicateClientId => Reason::SessionTakenOver,
+            CloseReason::CertificateDeactivated => Reason::AdministrativeAction,
+            CloseReason::Shutdown => Reason::ServerShuttingDown,
+        };
+        Some(reason)
+    }
+
+    /// AWS sends the will on every disconnect except a client's own DISCONNECT; MQTT 5 lets
+    /// that DISCONNECT ask for the will anyway (reason 0x04).
+    fn publishes_will(&self) -> bool {
+        !matches!(self, CloseReason::ClientDisconnect { with_will: false })
     }
 }
 
@@ -128,174 +168,82 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     .await
 }
 
-async fn open(tcp: TcpStream, shared: &Arc<Shared>) -> Option<Connection> {
-    let deadline = Instant::now() + shared.config.connect_timeout;
-    let Some((wire, certificate_id)) = accept_tls(tcp, shared, deadline).await else {
-        metric::connect_outcome("tls_refused");
-        return None;
-    };
-    tracing::Span::current().record("certificate_id", certificate_id.as_str());
-    open_session(wire, certificate_id, shared, deadline).await
-}
-
-async fn accept_tls(tcp: TcpStream, shared: &Shared, deadline: Instant) -> Option<(Wire, String)> {
-    let stream = match timeout_at(deadline, shared.acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tls::count_failed_handshake(&error);
-            debug!(%error, "tls handshake refused");
-            return None;
-        }
-        Err(_) => {
-            Refusal::HandshakeTimeout.count();
-            return None;
-        }
-    };
-    let certificate_id = tls::peer_certificate_id(stream.get_ref().1)?;
-    let wire = Framed::new(stream, MqttCodec::new(shared.config.max_packet_size));
-    Some((wire, certificate_id))
-}
-
-/// Reads the CONNECT, applies AWS's rules and the `iot:Connect` policy, registers the
-/// connection and answers CONNACK. Returns None when the connection was refused.
-async fn open_session(
-    mut wire: Wire,
-    certificate_id: String,
-    shared: &Arc<Shared>,
-    deadline: Instant,
-) -> Option<Connection> {
-    let connect = match read_connect(&mut wire, deadline).await {
-        Ok(connect) => connect,
-        Err(refusal) => {
-            refuse(&mut wire, refusal).await;
-            return None;
-        }
-    };
-    tracing::Span::current().record("client_id", connect.client_id.as_str());
-    let authorizer = Authorizer {
-        shared: Arc::clone(shared),
-        client_id: connect.client_id.clone(),
-        certificate_id,
-    };
-    if !authorizer.allows(Action::Connect, "client", &connect.client_id) {
-        // AWS closes without a CONNACK [aws-iot-facts §3.6].
-        metric::connect_outcome("not_authorized");
-        close(&mut wire).await;
-        return None;
-    }
-    Some(Connection::register(wire, connect, authorizer, shared))
-}
-
-/// Why a CONNECT was not accepted, and what CONNACK (if any) says so.
-#[derive(Debug, thiserror::Error)]
-enum ConnectRefusal {
-    #[error("client sent no CONNECT in time")]
-    Timeout,
-    #[error(transparent)]
-    Closed(CloseReason),
-    #[error("client asked for protocol level {0}; only MQTT 3.1.1 (4) is served")]
-    UnsupportedProtocol(u8),
-    #[error(transparent)]
-    BadClientId(ClientIdError),
-}
-
-async fn read_connect(wire: &mut Wire, deadline: Instant) -> Result<Connect, ConnectRefusal> {
-    let frame = timeout_at(deadline, wire.next())
-        .await
-        .map_err(|_| ConnectRefusal::Timeout)?;
-    let connect = match frame {
-        Some(Ok(Inbound::Packet(Packet::Connect(connect)))) => connect,
-        Some(Ok(Inbound::UnsupportedProtocol { level })) => {
-            return Err(ConnectRefusal::UnsupportedProtocol(level));
-        }
-        Some(Ok(Inbound::Packet(_))) => {
-            let violation =
-                CloseReason::ProtocolViolation("first packet is not CONNECT [MQTT-3.1.0-1]");
-            return Err(ConnectRefusal::Closed(violation));
-        }
-        Some(Err(error)) => return Err(ConnectRefusal::Closed(error.into())),
-        None => return Err(ConnectRefusal::Closed(CloseReason::ConnectionLost(None))),
-    };
-    session::validate_client_id(&connect.client_id).map_err(ConnectRefusal::BadClientId)?;
-    Ok(connect)
-}
-
-async fn refuse(wire: &mut Wire, refusal: ConnectRefusal) {
-    debug!(error = %refusal, "connect refused");
-    let (outcome, code) = match &refusal {
-        ConnectRefusal::Timeout => ("timeout", None),
-        ConnectRefusal::Closed(reason) => {
-            if let Some(kind) = reason.malformed_kind() {
-                metric::malformed(kind);
-            }
-            ("protocol_error", None)
-        }
-        ConnectRefusal::UnsupportedProtocol(_) => (
-            "unsupported_protocol",
-            Some(ConnectReturnCode::RefusedProtocolVersion),
-        ),
-        ConnectRefusal::BadClientId(_) => ("bad_client_id", Some(ConnectReturnCode::BadClientId)),
-    };
-    metric::connect_outcome(outcome);
-    if let Some(code) = code {
-        let _ = wire.send(Packet::ConnAck(ConnAck::new(code, false))).await;
-    }
-    close(wire).await;
-}
-
 /// Flushes and sends close_notify, within a short grace period.
 async fn close(wire: &mut Wire) {
-    let _ = timeout(CLOSE_GRACE, SinkExt::<Packet>::close(wire)).await;
+    let _ = timeout(CLOSE_GRACE, SinkExt::<Reply>::close(wire)).await;
 }
 
-/// Evaluates the certificate's policies for this connection.
-struct Authorizer {
-    shared: Arc<Shared>,
-    client_id: String,
-    certificate_id: String,
+/// How long a session outlives its connection: 3.1.1 persistent sessions get the broker's
+/// expiry (AWS: 1 h); MQTT 5 asks for its own, capped by it.
+fn session_expiry(connect: &ConnectRequest, broker_max: Duration) -> Duration {
+    match connect.protocol {
+        Protocol::V311 if connect.clean_start => Duration::ZERO,
+        Protocol::V311 => broker_max,
+        Protocol::V5 => {
+            let asked = Duration::from_secs(u64::from(connect.session_expiry.unwrap_or(0)));
+            asked.min(broker_max)
+        }
+    }
 }
 
-impl Authorizer {
-    /// Whether `action` is allowed on `<kind>/<name>`; a denial is counted.
-    fn allows(&self, action: Action, kind: &str, name: &str) -> bool {
-        let registry = &self.shared.registry;
-        let attached = registry.is_attached(&self.client_id, &self.certificate_id);
-        let context = RequestContext {
-            client_id: &self.client_id,
-            thing_name: attached.then_some(self.client_id.as_str()),
-            certificate_id: &self.certificate_id,
-        };
-        let policies = registry.policies_of(&self.certificate_id);
-        let resource = registry.arn(kind, name);
-        let allowed = policy::is_allowed(&policies, action, &resource, &context);
-        if !allowed {
-            metric::policy_denial(action);
-        }
-        allowed
-    }
+/// The QoS 1 messages in flight to this client: the broker's limit, lowered by an MQTT 5
+/// client's Receive Maximum.
+fn max_inflight(connect: &ConnectRequest, config: &super::BrokerConfig) -> usize {
+    let client_max = connect.receive_maximum.map_or(usize::MAX, usize::from);
+    config.max_inflight.min(client_max)
+}
 
-    fn require(&self, action: Action, kind: &str, name: &str) -> Result<(), CloseReason> {
-        if self.allows(action, kind, name) {
-            return Ok(());
-        }
-        Err(CloseReason::Forbidden {
-            action,
-            resource: format!("{kind}/{name}"),
-        })
-    }
+type SessionParts = (Arc<ConnectionHandle>, mpsc::Receiver<Delivery>, Session);
+
+/// A parked session under the new connection: same router id, queue and subscriptions.
+fn resume(
+    parked: ParkedSession,
+    connect: &ConnectRequest,
+    certificate_id: &str,
+    shared: &Shared,
+) -> SessionParts {
+    let kill = shared.shutdown.child_token();
+    let handle = parked.handle.resumed(kill, certificate_id.to_owned());
+    let mut session = parked.session;
+    session.set_max_inflight(max_inflight(connect, &shared.config));
+    (Arc::new(handle), parked.queue, session)
+}
+
+fn start_fresh(connect: &ConnectRequest, certificate_id: &str, shared: &Shared) -> SessionParts {
+    let config = &shared.config;
+    let (outbox_tx, outbox) = mpsc::channel(config.outbound_queue);
+    let handle = ConnectionHandle::new(
+        shared.next_connection_id(),
+        connect.client_id.clone(),
+        certificate_id.to_owned(),
+        outbox_tx,
+        shared.shutdown.child_token(),
+    );
+    let max_subscriptions = config.max_subscriptions_per_connection;
+    let session = Session::new(max_subscriptions, max_inflight(connect, config));
+    (Arc::new(handle), outbox, session)
 }
 
 /// A connection past CONNACK.
 struct Connection {
     wire: Wire,
+    protocol: Protocol,
     shared: Arc<Shared>,
     handle: Arc<ConnectionHandle>,
     outbox: mpsc::Receiver<Delivery>,
     session: Session,
+    session_present: bool,
+    session_expiry: Duration,
+    /// What the client asked for, to tell an MQTT 5 client when the broker grants less.
+    asked_session_expiry: Option<u32>,
+    asked_keep_alive: u16,
+    will: Option<Will>,
     authorizer: Authorizer,
     peer: Peer,
     keep_alive: Duration,
     last_heard: Instant,
+    /// MQTT 5 topic aliases the client set, by alias.
+    aliases: std::collections::HashMap<u16, String>,
     presence: Presence,
 }
 
@@ -303,19 +251,18 @@ impl Connection {
     /// Registers the connection, dropping any other with the same client id.
     fn register(
         wire: Wire,
-        connect: Connect,
+        connect: ConnectRequest,
         authorizer: Authorizer,
+        resumed: Option<ParkedSession>,
         shared: &Arc<Shared>,
     ) -> Self {
         let config = &shared.config;
-        let (outbox_tx, outbox) = mpsc::channel(config.outbound_queue);
-        let handle = Arc::new(ConnectionHandle::new(
-            shared.next_connection_id(),
-            connect.client_id.clone(),
-            authorizer.certificate_id.clone(),
-            outbox_tx,
-            shared.shutdown.child_token(),
-        ));
+        let certificate_id = authorizer.certificate_id.clone();
+        let session_present = resumed.is_some();
+        let (handle, outbox, session) = match resumed {
+            Some(parked) => resume(parked, &connect, &certificate_id, shared),
+            None => start_fresh(&connect, &certificate_id, shared),
+        };
         if let Some(displaced) = shared.router.register(Arc::clone(&handle)) {
             displaced.evict(Eviction::DuplicateClientId);
         }
@@ -325,17 +272,24 @@ impl Connection {
         let presence = Presence::new(&handle.client_id, &handle.certificate_id, ip, handle.id);
         Connection {
             wire,
+            protocol: connect.protocol,
             shared: Arc::clone(shared),
             handle,
             outbox,
-            session: Session::new(config.max_subscriptions_per_connection, config.max_inflight),
+            session,
+            session_present,
+            session_expiry: session_expiry(&connect, config.session_expiry),
+            asked_session_expiry: connect.session_expiry,
+            asked_keep_alive: connect.keep_alive,
+            will: connect.will,
             peer: Peer {
                 client_id: connect.client_id,
-                certificate_id: authorizer.certificate_id.clone(),
+                certificate_id,
             },
             authorizer,
             keep_alive: config.keep_alive.timeout(connect.keep_alive),
             last_heard: Instant::now(),
+            aliases: std::collections::HashMap::new(),
             presence,
         }
     }
@@ -351,13 +305,69 @@ impl Connection {
             metric::malformed(kind);
         }
         metric::disconnect(reason.label());
-        self.shared
-            .router
-            .unregister(&self.handle, self.session.filters());
-        let aws_reason = reason.label().to_ascii_uppercase();
-        self.presence.disconnected(&self.shared.router, &aws_reason);
+        if let Some(code) = reason.disconnect_reason() {
+            let _ = timeout(CLOSE_GRACE, self.wire.send(Reply::Disconnect(code))).await;
+        }
+        if reason.publishes_will() {
+            self.send_will();
+        }
         metric::connection_closed();
         close(&mut self.wire).await;
+        let aws_reason = reason.label().to_ascii_uppercase();
+        self.presence.disconnected(&self.shared.router, &aws_reason);
+        let handle = Arc::clone(&self.handle);
+        self.park_or_forget();
+        handle.mark_finished();
+    }
+
+    /// Keeps a persistent session for its client's return; forgets a clean one.
+    fn park_or_forget(self) {
+        let router = &self.shared.router;
+        if self.session_expiry.is_zero() {
+            router.unregister(&self.handle, self.session.filters());
+            return;
+        }
+        router.park(&self.handle);
+        self.shared.parked.park(ParkedSession {
+            handle: self.handle,
+            session: self.session,
+            queue: self.outbox,
+            expires_at: Instant::now() + self.session_expiry,
+        });
+    }
+
+    /// Publishes the will as the client would have: checked against its policy. An MQTT 5
+    /// Will Delay postpones it, and a reconnect of the same client id within the delay
+    /// cancels it [MQTT-3.1.3-9].
+    fn send_will(&mut self) {
+        let Some(will) = self.will.take() else {
+            return;
+        };
+        let auth = &self.authorizer;
+        let retain = will.retain && !will.topic.starts_with('$');
+        if !auth.allows(Action::Publish, "topic", &will.topic)
+            || (retain && !auth.allows(Action::RetainPublish, "topic", &will.topic))
+        {
+            debug!(topic = will.topic, "will not sent: denied by policy");
+            return;
+        }
+        let delay = Duration::from_secs(u64::from(will.delay_secs));
+        if delay.is_zero() {
+            self.shared
+                .publish(&will.topic, &will.payload, will.qos, retain);
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let client_id = self.peer.client_id.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
+            if shared.router.online(&client_id).is_none() {
+                shared.publish(&will.topic, &will.payload, will.qos, retain);
+            }
+        });
     }
 
     async fn run(&mut self) -> CloseReason {
@@ -366,11 +376,13 @@ impl Connection {
         if !self.certificate_still_active() {
             return CloseReason::CertificateDeactivated;
         }
-        let connack = ConnAck::new(ConnectReturnCode::Success, false);
-        if let Err(reason) = self.send(Packet::ConnAck(connack)).await {
+        if let Err(reason) = self.send_connack().await {
             return reason;
         }
         self.presence.connected(&self.shared.router);
+        if let Err(reason) = self.resend_unacknowledged().await {
+            return reason;
+        }
         loop {
             let deadline = self.last_heard + self.keep_alive;
             let step = tokio::select! {
@@ -391,176 +403,60 @@ impl Connection {
             .shared
             .registry
             .certificate_status(&self.handle.certificate_id);
-        status == Some(crate::emulator::registry::CertificateStatus::Active)
+        status == Some(CertificateStatus::Active)
     }
 
-    async fn on_frame(
-        &mut self,
-        frame: Option<Result<Inbound, CodecError>>,
-    ) -> Result<(), CloseReason> {
-        let packet = match frame {
-            None => return Err(CloseReason::ConnectionLost(None)),
-            Some(Err(error)) => return Err(error.into()),
-            Some(Ok(Inbound::UnsupportedProtocol { .. })) => {
-                return Err(CloseReason::ProtocolViolation(
-                    "second CONNECT [MQTT-3.1.0-2]",
-                ));
-            }
-            Some(Ok(Inbound::Packet(packet))) => packet,
-        };
-        self.last_heard = Instant::now();
-        self.on_packet(packet).await
+    async fn send_connack(&mut self) -> Result<(), CloseReason> {
+        let limits = (self.protocol == Protocol::V5).then(|| self.shared.server_limits(self));
+        self.send(Reply::ConnAck {
+            session_present: self.session_present,
+            code: Reason::Success,
+            limits,
+        })
+        .await
     }
 
-    async fn on_packet(&mut self, packet: Packet) -> Result<(), CloseReason> {
-        match packet {
-            Packet::Publish(publish) => self.on_publish(publish).await,
-            Packet::PubAck(ack) => {
-                self.session.acknowledge(ack.pkid);
-                Ok(())
-            }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
-            Packet::PingReq => self.send(Packet::PingResp).await,
-            Packet::Disconnect => Err(CloseReason::ClientDisconnect),
-            Packet::Connect(_) => Err(CloseReason::ProtocolViolation(
-                "second CONNECT [MQTT-3.1.0-2]",
-            )),
-            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Err(
-                CloseReason::ProtocolViolation("QoS 2 flow, which AWS IoT does not support"),
-            ),
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
-                CloseReason::ProtocolViolation("client sent a server-only packet"),
-            ),
-        }
-    }
-
-    async fn on_publish(&mut self, publish: Publish) -> Result<(), CloseReason> {
-        if publish.qos == QoS::ExactlyOnce {
-            // AWS sends no PUBACK for QoS 2; closing makes the refusal visible at once.
-            return Err(CloseReason::ProtocolViolation(
-                "QoS 2 PUBLISH, which AWS IoT does not support",
-            ));
-        }
-        topic::validate_topic_name(&publish.topic).map_err(CloseReason::InvalidTopic)?;
-        self.authorizer
-            .require(Action::Publish, "topic", &publish.topic)?;
-        if publish.retain {
-            self.authorizer
-                .require(Action::RetainPublish, "topic", &publish.topic)?;
-        }
-        metric::message("inbound");
-        self.dispatch(&publish.topic, publish.payload, publish.qos)
-            .await;
-        if publish.qos == QoS::AtLeastOnce {
-            self.send(Packet::PubAck(PubAck::new(publish.pkid))).await?;
-        }
-        Ok(())
-    }
-
-    /// Hands a publish to Fleet Provisioning, whose reply goes to this connection only;
-    /// anything else is routed to subscribers.
-    async fn dispatch(&mut self, topic: &str, payload: Bytes, qos: QoS) {
-        let provisioning = Arc::clone(&self.shared.provisioning);
-        match provisioning
-            .handle_publish(&self.peer, topic, &payload)
-            .await
-        {
-            // A reply is a promise to the device: it waits until the change is durable.
-            Some(reply) => match self.shared.registry.durable().await {
-                Ok(()) => self.queue_reply(reply.topic, reply.payload.into()),
-                Err(error) => debug!(%error, "provisioning reply withheld"),
-            },
-            None => {
-                let routed = self.shared.router.route(topic, &payload, qos);
-                metric::dropped(routed.dropped);
-            }
-        }
-    }
-
-    /// A reply reaches the requester only through a subscription it holds [aws-iot-facts §1.5].
-    fn queue_reply(&mut self, topic: String, payload: Bytes) {
-        let Some(qos) = self.session.subscription_for(&topic) else {
-            debug!(topic, "reply dropped: requester is not subscribed");
-            return;
-        };
-        let delivery = Delivery {
-            topic: topic.into(),
-            payload,
-            qos,
-        };
-        if !self.handle.offer(delivery) {
-            metric::dropped(1);
-        }
-    }
-
-    async fn deliver(&mut self, delivery: Delivery) -> Result<(), CloseReason> {
-        if !self
-            .authorizer
-            .allows(Action::Receive, "topic", &delivery.topic)
-        {
-            return Ok(());
-        }
-        let mut publish =
-            Publish::from_bytes(delivery.topic.as_ref(), delivery.qos, delivery.payload);
-        if delivery.qos == QoS::AtLeastOnce {
-            let Some(packet_id) = self.session.allocate_packet_id() else {
-                metric::dropped(1);
-                return Ok(());
+    /// QoS 1 messages sent before the client went away and never acknowledged.
+    async fn resend_unacknowledged(&mut self) -> Result<(), CloseReason> {
+        let pending: Vec<(u16, Delivery)> = self
+            .session
+            .unacknowledged()
+            .map(|(id, delivery)| (id, delivery.clone()))
+            .collect();
+        for (pkid, delivery) in pending {
+            let publish = OutboundPublish {
+                topic: delivery.topic,
+                payload: delivery.payload,
+                qos: delivery.qos,
+                retain: delivery.retain,
+                pkid,
+                dup: true,
             };
-            publish.pkid = packet_id;
+            self.send(Reply::Publish(publish)).await?;
         }
-        self.send(Packet::Publish(publish)).await?;
-        metric::message("outbound");
         Ok(())
     }
 
-    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), CloseReason> {
-        if subscribe.filters.len() > self.shared.config.max_filters_per_subscribe {
-            return Err(CloseReason::ProtocolViolation(
-                "more topic filters in one SUBSCRIBE than AWS allows",
-            ));
-        }
-        let mut codes = Vec::with_capacity(subscribe.filters.len());
-        for filter in &subscribe.filters {
-            codes.push(self.subscribe_one(&filter.path, filter.qos)?);
-        }
-        self.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-            .await
+    async fn send(&mut self, reply: Reply) -> Result<(), CloseReason> {
+        self.wire.send(reply).await.map_err(CloseReason::from)
     }
+}
 
-    fn subscribe_one(
-        &mut self,
-        filter: &str,
-        requested: QoS,
-    ) -> Result<SubscribeReasonCode, CloseReason> {
-        topic::validate_topic_filter(filter).map_err(CloseReason::InvalidTopic)?;
-        self.authorizer
-            .require(Action::Subscribe, "topicfilter", filter)?;
-        let qos = granted_qos(requested);
-        match self.session.subscribe(filter, qos) {
-            Ok(()) => {
-                self.shared.router.subscribe(self.handle.id, filter, qos);
-                Ok(SubscribeReasonCode::Success(qos))
-            }
-            Err(SubscriptionLimit { limit }) => {
-                debug!(filter, limit, "subscription refused: limit reached");
-                Ok(SubscribeReasonCode::Failure)
-            }
+impl Shared {
+    /// What an MQTT 5 CONNACK announces for this connection [aws-iot-facts §7].
+    fn server_limits(&self, connection: &Connection) -> super::packet::ServerLimits {
+        let granted_expiry = u32::try_from(connection.session_expiry.as_secs()).unwrap_or(u32::MAX);
+        let asked_expiry = connection.asked_session_expiry.unwrap_or(0);
+        let keep_alive = self.config.keep_alive.clamp(connection.asked_keep_alive);
+        let keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+        super::packet::ServerLimits {
+            receive_maximum: u16::try_from(self.config.max_inflight).unwrap_or(u16::MAX),
+            topic_alias_maximum: self.config.topic_alias_maximum,
+            // MQTT 5 counts the whole packet; the configured limit is the remaining length,
+            // behind a fixed header of at most 5 bytes.
+            maximum_packet_size: u32::try_from(self.config.max_packet_size + 5).unwrap_or(u32::MAX),
+            session_expiry: (granted_expiry != asked_expiry).then_some(granted_expiry),
+            server_keep_alive: (keep_alive != connection.asked_keep_alive).then_some(keep_alive),
         }
-    }
-
-    async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), CloseReason> {
-        for filter in &unsubscribe.topics {
-            if self.session.unsubscribe(filter) {
-                self.shared.router.unsubscribe(self.handle.id, filter);
-            }
-        }
-        self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
-            .await
-    }
-
-    async fn send(&mut self, packet: Packet) -> Result<(), CloseReason> {
-        self.wire.send(packet).await.map_err(CloseReason::from)
     }
 }

@@ -1,19 +1,23 @@
-//! The emulator's MQTT 3.1.1 broker over mutual TLS, with IoT Core's rules: certificates
-//! checked against the registry at every handshake, policies evaluated on connect, publish,
-//! subscribe and every delivery, AWS's limits, client-id takeover, and Fleet Provisioning
+//! The emulator's MQTT broker over mutual TLS, MQTT 3.1.1 and MQTT 5 on one listener, with
+//! IoT Core's rules: certificates checked against the registry at every handshake, policies
+//! evaluated on connect, publish, subscribe and every delivery, AWS's limits, client-id
+//! takeover, persistent sessions, retained messages, Last Will, and Fleet Provisioning
 //! replies delivered only to the requesting connection.
 //!
-//! Each connection is one task; shared state is the [`router::Router`] tables. A broker-level
-//! task closes every connection of a certificate the registry announces as deactivated.
-//! Lifecycle events are published on `$aws/events/presence/...` ([`lifecycle`]).
-//! Not modelled yet: persistent sessions (every session is clean), retained messages (the
-//! retain flag is checked against `iot:RetainPublish`, then routed like any publish), Last
-//! Will, MQTT 5, and AWS's rate limits.
+//! Each connection is one task; shared state is the [`router::Router`] tables, the parked
+//! persistent sessions and the retained messages, all in memory. A broker-level task closes
+//! every connection of a certificate the registry announces as deactivated; another expires
+//! parked sessions. Lifecycle events are published on `$aws/events/presence/...`
+//! ([`lifecycle`]). Not modelled yet: AWS's rate limits, the 10 msg/s replay rate of queued
+//! messages, shared subscriptions.
 
 mod codec;
 mod connection;
 mod lifecycle;
 mod metric;
+mod packet;
+mod parked;
+mod retained;
 mod router;
 mod session;
 
@@ -22,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -30,10 +36,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+pub use codec::decode_client_stream;
 pub use session::KeepAliveClamp;
 
 use super::fleet_provisioning::FleetProvisioning;
 use super::registry::{CertificateEvent, CertificateStatus, Registry};
+use parked::ParkedSessions;
+use retained::RetainedMessages;
 use router::{Eviction, Router};
 
 /// AWS's payload limit, 128 KiB.
@@ -56,8 +65,14 @@ pub struct BrokerConfig {
     pub max_subscriptions_per_connection: usize,
     /// Outbound QoS 1 messages awaiting PUBACK before delivery to that client pauses.
     pub max_inflight: usize,
-    /// Messages queued for one connection before further ones are dropped.
+    /// Messages queued for one connection (or one offline persistent session) before
+    /// further ones are dropped.
     pub outbound_queue: usize,
+    /// The longest a persistent session outlives its connection (AWS: 1 h by default); an
+    /// MQTT 5 client may ask for less.
+    pub session_expiry: Duration,
+    /// Topic aliases an MQTT 5 client may use (AWS: 8).
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +86,8 @@ impl Default for BrokerConfig {
             max_subscriptions_per_connection: 50,
             max_inflight: 100,
             outbound_queue: 1024,
+            session_expiry: Duration::from_secs(3600),
+            topic_alias_maximum: 8,
         }
     }
 }
@@ -82,6 +99,8 @@ struct Shared {
     registry: Arc<Registry>,
     provisioning: Arc<FleetProvisioning>,
     router: Router,
+    parked: ParkedSessions,
+    retained: RetainedMessages,
     shutdown: CancellationToken,
     next_id: AtomicU64,
 }
@@ -89,6 +108,15 @@ struct Shared {
 impl Shared {
     fn next_connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Retains (if asked) and routes an accepted publish, whatever its protocol version.
+    fn publish(&self, topic: &str, payload: &Bytes, qos: QoS, retain: bool) {
+        if retain {
+            self.retained.store(topic, payload, qos);
+        }
+        let routed = self.router.route(topic, payload, qos);
+        metric::dropped(routed.dropped);
     }
 }
 
@@ -113,12 +141,15 @@ impl Broker {
             registry,
             provisioning,
             router: Router::default(),
+            parked: ParkedSessions::default(),
+            retained: RetainedMessages::default(),
             shutdown: CancellationToken::new(),
             next_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
         tracker.spawn(accept_loop(listener, Arc::clone(&shared), tracker.clone()));
         tracker.spawn(close_deactivated(events, Arc::clone(&shared)));
+        tracker.spawn(expire_sessions(Arc::clone(&shared)));
         debug!(%local_addr, "broker listening");
         Ok(BrokerHandle {
             local_addr,
@@ -143,6 +174,16 @@ impl BrokerHandle {
     /// Connections past CONNACK.
     pub fn connection_count(&self) -> usize {
         self.shared.router.len()
+    }
+
+    /// Persistent sessions whose client is offline and that have not expired yet.
+    pub fn parked_session_count(&self) -> usize {
+        self.shared.parked.len()
+    }
+
+    /// Topics holding a retained message.
+    pub fn retained_count(&self) -> usize {
+        self.shared.retained.len()
     }
 
     /// Closes the listener and every connection, and waits for their tasks to end.
@@ -212,6 +253,26 @@ fn evict_inactive(shared: &Shared) {
         let status = shared.registry.certificate_status(&handle.certificate_id);
         if status != Some(CertificateStatus::Active) {
             handle.evict(Eviction::CertificateDeactivated);
+        }
+    }
+}
+
+/// How often parked sessions are checked for expiry; a client reconnecting to an expired
+/// session that was not swept yet gets a clean one anyway.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// Forgets persistent sessions whose client stayed away past their expiry.
+async fn expire_sessions(shared: Arc<Shared>) {
+    let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        for expired in shared.parked.take_expired(tokio::time::Instant::now()) {
+            shared
+                .router
+                .unregister(&expired.handle, expired.session.filters());
         }
     }
 }

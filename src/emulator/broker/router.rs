@@ -1,6 +1,8 @@
-//! The broker's shared tables: live connections by id, by client id and by certificate, and
-//! the subscription index that routes a publish to the connections whose filters match it.
-//! Locks are held for map operations only, never across an await or a policy evaluation.
+//! The broker's shared tables: sessions by id, by client id and by certificate, and the
+//! subscription index that routes a publish to the sessions whose filters match it. A parked
+//! session (a persistent client that is offline) keeps its subscriptions and its queue here,
+//! so messages published while it is away wait for it. Locks are held for map operations
+//! only, never across an await or a policy evaluation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -22,6 +24,8 @@ pub struct Delivery {
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: QoS,
+    /// Set only for a retained message sent because of a new subscription [MQTT-3.3.1-8].
+    pub retain: bool,
 }
 
 /// Why the broker, not the client, ended a connection from outside its task.
@@ -40,6 +44,9 @@ pub struct ConnectionHandle {
     outbox: mpsc::Sender<Delivery>,
     kill: CancellationToken,
     eviction: OnceLock<Eviction>,
+    /// Cancelled once the connection's task has finished closing (will sent, session
+    /// parked), so a client taking over the id can wait for its session.
+    finished: CancellationToken,
 }
 
 impl ConnectionHandle {
@@ -57,7 +64,28 @@ impl ConnectionHandle {
             outbox,
             kill,
             eviction: OnceLock::new(),
+            finished: CancellationToken::new(),
         }
+    }
+
+    /// The same session under a new connection: same id and queue, fresh kill token.
+    pub fn resumed(&self, kill: CancellationToken, certificate_id: String) -> ConnectionHandle {
+        ConnectionHandle::new(
+            self.id,
+            self.client_id.clone(),
+            certificate_id,
+            self.outbox.clone(),
+            kill,
+        )
+    }
+
+    pub fn mark_finished(&self) {
+        self.finished.cancel();
+    }
+
+    /// Resolves once the connection's task has finished closing.
+    pub async fn finished(&self) {
+        self.finished.cancelled().await;
     }
 
     /// Closes the connection; the first reason given is the one reported.
@@ -99,6 +127,8 @@ struct Tables {
     by_client: HashMap<String, ConnectionId>,
     by_certificate: HashMap<String, HashSet<ConnectionId>>,
     subscriptions: SubscriptionIndex<ConnectionId, QoS>,
+    /// Sessions whose client is offline; they still receive into their queue.
+    parked: HashSet<ConnectionId>,
 }
 
 impl Router {
@@ -116,22 +146,47 @@ impl Router {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Connections online (parked sessions excluded).
     pub fn len(&self) -> usize {
-        self.read().connections.len()
+        let tables = self.read();
+        tables.connections.len() - tables.parked.len()
     }
 
-    /// Adds a connection and returns the one it displaces with the same client id.
+    /// The online connection of a client id, if any.
+    pub fn online(&self, client_id: &str) -> Option<Arc<ConnectionHandle>> {
+        let tables = self.read();
+        let id = tables.by_client.get(client_id)?;
+        if tables.parked.contains(id) {
+            return None;
+        }
+        tables.connections.get(id).cloned()
+    }
+
+    /// Adds a connection (or a resumed session under its old id) and returns the online
+    /// one it displaces with the same client id.
     pub fn register(&self, handle: Arc<ConnectionHandle>) -> Option<Arc<ConnectionHandle>> {
         let mut tables = self.write();
         let tables = &mut *tables;
+        tables.parked.remove(&handle.id);
         tables
             .by_certificate
             .entry(handle.certificate_id.clone())
             .or_default()
             .insert(handle.id);
         let displaced = tables.by_client.insert(handle.client_id.clone(), handle.id);
-        tables.connections.insert(handle.id, handle);
-        displaced.and_then(|id| tables.connections.get(&id).cloned())
+        let id = handle.id;
+        tables.connections.insert(id, handle);
+        displaced
+            .filter(|displaced| *displaced != id && !tables.parked.contains(displaced))
+            .and_then(|displaced| tables.connections.get(&displaced).cloned())
+    }
+
+    /// Keeps an offline persistent session routable: its subscriptions stay and messages
+    /// queue in its outbox, but it no longer counts as a connection of its certificate.
+    pub fn park(&self, handle: &ConnectionHandle) {
+        let mut tables = self.write();
+        tables.parked.insert(handle.id);
+        remove_from_certificate(&mut tables, handle);
     }
 
     /// Removes a connection and its subscriptions (`filters`).
@@ -145,15 +200,11 @@ impl Router {
             tables.subscriptions.remove(filter, &handle.id);
         }
         tables.connections.remove(&handle.id);
+        tables.parked.remove(&handle.id);
         if tables.by_client.get(&handle.client_id) == Some(&handle.id) {
             tables.by_client.remove(&handle.client_id);
         }
-        if let Some(ids) = tables.by_certificate.get_mut(&handle.certificate_id) {
-            ids.remove(&handle.id);
-            if ids.is_empty() {
-                tables.by_certificate.remove(&handle.certificate_id);
-            }
-        }
+        remove_from_certificate(&mut tables, handle);
     }
 
     pub fn subscribe(&self, id: ConnectionId, filter: &str, qos: QoS) {
@@ -174,8 +225,16 @@ impl Router {
             .collect()
     }
 
+    /// Every online connection.
     pub fn all(&self) -> Vec<Arc<ConnectionHandle>> {
-        self.read().connections.values().cloned().collect()
+        let tables = self.read();
+        let online = |handle: &&Arc<ConnectionHandle>| !tables.parked.contains(&handle.id);
+        tables
+            .connections
+            .values()
+            .filter(online)
+            .cloned()
+            .collect()
     }
 
     /// Queues `payload` for every connection subscribed to `topic`, once per connection at
@@ -189,6 +248,7 @@ impl Router {
                 topic: Arc::clone(&topic),
                 payload: payload.clone(),
                 qos: min_qos(qos, granted),
+                retain: false,
             };
             if handle.offer(delivery) {
                 routed.queued += 1;
@@ -211,6 +271,15 @@ impl Router {
         best.into_iter()
             .filter_map(|(id, qos)| Some((tables.connections.get(&id)?.clone(), qos)))
             .collect()
+    }
+}
+
+fn remove_from_certificate(tables: &mut Tables, handle: &ConnectionHandle) {
+    if let Some(ids) = tables.by_certificate.get_mut(&handle.certificate_id) {
+        ids.remove(&handle.id);
+        if ids.is_empty() {
+            tables.by_certificate.remove(&handle.certificate_id);
+        }
     }
 }
 

@@ -2,11 +2,12 @@
 //! outbound QoS 1 packet ids awaiting PUBACK, and the AWS rules for client ids and keep-alive.
 //! Everything here is decided without I/O, so it is tested without sockets.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rumqttc::mqttbytes::QoS;
 
+use super::router::Delivery;
 use crate::emulator::topic;
 
 /// AWS's limit on a client id, in bytes.
@@ -58,16 +59,20 @@ impl Default for KeepAliveClamp {
 }
 
 impl KeepAliveClamp {
-    /// How long the client may stay silent: 1.5 times its clamped keep-alive. Zero (no
-    /// keep-alive) and anything above the maximum become the maximum, as on AWS.
-    pub fn timeout(&self, requested_secs: u16) -> Duration {
+    /// The keep-alive the broker applies. Zero (no keep-alive) and anything above the
+    /// maximum become the maximum, as on AWS.
+    pub fn clamp(&self, requested_secs: u16) -> Duration {
         let requested = Duration::from_secs(u64::from(requested_secs));
-        let keep_alive = if requested.is_zero() || requested > self.max {
+        if requested.is_zero() || requested > self.max {
             self.max
         } else {
             requested.max(self.min)
-        };
-        keep_alive * 3 / 2
+        }
+    }
+
+    /// How long the client may stay silent: 1.5 times its clamped keep-alive.
+    pub fn timeout(&self, requested_secs: u16) -> Duration {
+        self.clamp(requested_secs) * 3 / 2
     }
 }
 
@@ -92,11 +97,13 @@ pub struct SubscriptionLimit {
     pub limit: usize,
 }
 
+/// The MQTT session state that outlives a connection when the session is persistent: the
+/// subscriptions and the QoS 1 messages sent but not yet acknowledged.
 #[derive(Debug)]
 pub struct Session {
     subscriptions: BTreeMap<String, QoS>,
     max_subscriptions: usize,
-    inflight: HashSet<u16>,
+    inflight: BTreeMap<u16, Delivery>,
     max_inflight: usize,
     next_packet_id: u16,
 }
@@ -106,10 +113,21 @@ impl Session {
         Session {
             subscriptions: BTreeMap::new(),
             max_subscriptions,
-            inflight: HashSet::new(),
+            inflight: BTreeMap::new(),
             max_inflight: max_inflight.clamp(1, usize::from(u16::MAX)),
             next_packet_id: 1,
         }
+    }
+
+    /// Applies the limits of the connection that resumes this session.
+    pub fn set_max_inflight(&mut self, max_inflight: usize) {
+        self.max_inflight = max_inflight.clamp(1, usize::from(u16::MAX));
+    }
+
+    /// The unacknowledged messages, to send again with DUP set after a reconnect
+    /// [MQTT-4.4.0-1].
+    pub fn unacknowledged(&self) -> impl Iterator<Item = (u16, &Delivery)> {
+        self.inflight.iter().map(|(id, delivery)| (*id, delivery))
     }
 
     /// Adds or replaces a subscription; a replacement never counts against the limit.
@@ -147,15 +165,15 @@ impl Session {
     }
 
     /// A free packet id for an outbound QoS 1 message, now awaiting its PUBACK.
-    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+    pub fn allocate_packet_id(&mut self, delivery: &Delivery) -> Option<u16> {
         if !self.can_send() {
             return None;
         }
-        while self.inflight.contains(&self.next_packet_id) {
+        while self.inflight.contains_key(&self.next_packet_id) {
             self.advance_packet_id();
         }
         let id = self.next_packet_id;
-        self.inflight.insert(id);
+        self.inflight.insert(id, delivery.clone());
         self.advance_packet_id();
         Some(id)
     }
@@ -167,7 +185,7 @@ impl Session {
 
     /// Records a PUBACK; false when no message with that id was awaiting one.
     pub fn acknowledge(&mut self, packet_id: u16) -> bool {
-        self.inflight.remove(&packet_id)
+        self.inflight.remove(&packet_id).is_some()
     }
 }
 
@@ -236,15 +254,22 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_zero_and_those_in_flight() {
+        let delivery = Delivery {
+            topic: "t".into(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
         let mut session = Session::new(50, 3);
         session.next_packet_id = u16::MAX;
-        assert_eq!(session.allocate_packet_id(), Some(u16::MAX));
-        assert_eq!(session.allocate_packet_id(), Some(1));
-        assert_eq!(session.allocate_packet_id(), Some(2));
-        assert_eq!(session.allocate_packet_id(), None);
+        assert_eq!(session.allocate_packet_id(&delivery), Some(u16::MAX));
+        assert_eq!(session.allocate_packet_id(&delivery), Some(1));
+        assert_eq!(session.allocate_packet_id(&delivery), Some(2));
+        assert_eq!(session.allocate_packet_id(&delivery), None);
         assert!(session.acknowledge(1));
         assert!(!session.acknowledge(1));
+        assert_eq!(session.unacknowledged().count(), 2);
         session.next_packet_id = 2;
-        assert_eq!(session.allocate_packet_id(), Some(3));
+        assert_eq!(session.allocate_packet_id(&delivery), Some(3));
     }
 }

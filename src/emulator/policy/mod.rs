@@ -2,15 +2,19 @@
 //! data-plane actions the broker checks. Parsing is strict, because an operator or key the
 //! emulator skipped would silently widen what a device may do.
 
+mod certificate;
 mod condition;
 mod pattern;
 mod statement;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use statement::Statement;
+
+pub use certificate::{CertificateFields, CertificateFieldsError};
 
 /// IoT's limit on a policy document, counted without whitespace.
 pub const MAX_POLICY_CHARS: usize = 2048;
@@ -84,14 +88,39 @@ impl Action {
     }
 }
 
-/// What policy variables resolve to for one connection.
+/// What policy variables resolve to for one request. The broker builds one per check from
+/// values it computed once per connection, so every field is borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestContext<'a> {
     pub client_id: &'a str,
     /// The thing named by the client id, present only when the connection's
-    /// certificate is attached to it.
+    /// certificate is attached to it; every thing variable needs it.
     pub thing_name: Option<&'a str>,
+    pub thing_type_name: Option<&'a str>,
+    pub thing_attributes: Option<&'a BTreeMap<String, String>>,
     pub certificate_id: &'a str,
+    /// The client certificate's subject, issuer and serial, for `iot:Certificate.*`.
+    pub certificate: Option<&'a CertificateFields>,
+    /// `iot:ConnectAttributes`: `PersistentConnect` and/or `LastWill`.
+    pub connect_attributes: &'a [&'a str],
+    /// `iot:LastWillTopic`, when the connection registered a will.
+    pub last_will_topic: Option<&'a str>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// A context with only the identity set; everything else unresolved.
+    pub const fn new(client_id: &'a str, certificate_id: &'a str) -> RequestContext<'a> {
+        RequestContext {
+            client_id,
+            thing_name: None,
+            thing_type_name: None,
+            thing_attributes: None,
+            certificate_id,
+            certificate: None,
+            connect_attributes: &[],
+            last_will_topic: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,4 +251,57 @@ pub fn is_allowed(
     context: &RequestContext<'_>,
 ) -> bool {
     decide(policies, action, resource, context) == Decision::Allowed
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+        "Action":["iot:Connect","iot:Publish"],"Resource":"arn:aws:iot:*:*:topic/${iot:ClientId}/*",
+        "Condition":{"ForAnyValue:StringLike":{"iot:ConnectAttributes":"Persist*"},
+        "StringEquals":{"iot:Connection.Thing.Attributes[fleet]":"n","iot:Certificate.Subject.CommonName.List":"x"}}}]}"#;
+
+    /// Parses, and if accepted evaluates, a document: neither may panic.
+    fn parse_and_decide(text: &str) {
+        let Ok(document) = PolicyDocument::parse(text) else {
+            return;
+        };
+        let context = RequestContext {
+            thing_name: Some("t"),
+            connect_attributes: &["PersistentConnect", "LastWill"],
+            ..RequestContext::new("c", "id")
+        };
+        let resource = "arn:aws:iot:us-east-1:1:topic/c/x";
+        for action in [Action::Connect, Action::Publish, Action::Receive] {
+            decide(&[Arc::new(document.clone())], action, resource, &context);
+        }
+    }
+
+    #[test]
+    fn the_sample_document_parses() {
+        PolicyDocument::parse(VALID).expect("sample parses");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics_the_parser(text in "\\PC{0,300}") {
+            parse_and_decide(&text);
+        }
+
+        #[test]
+        fn mutated_documents_never_panic_the_parser(
+            at in 0usize..400,
+            replacement in "[\\[\\]{}\",:$*?a-zA-Z0-9.]{0,4}",
+        ) {
+            let mut text = VALID.to_owned();
+            let at = (at % text.len()..).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            text.replace_range(at..(at + 1).min(text.len()), &replacement);
+            parse_and_decide(&text);
+        }
+    }
 }

@@ -5,49 +5,155 @@
 use super::RequestContext;
 
 /// A policy variable, resolved per request from the connection's identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Variable {
     ClientId,
     ThingName,
+    ThingTypeName,
     IsAttached,
-    /// A documented IoT variable the emulator cannot resolve (certificate fields, thing
-    /// attributes, source IP). It is accepted so real policies parse, and stays unresolved.
+    /// `iot:Connection.Thing.Attributes[<name>]`; attribute names are case-sensitive.
+    ThingAttribute(Box<str>),
+    /// `iot:Certificate.<key>`, with the key lowercased and the `.N` / `.List` suffix apart.
+    Certificate {
+        key: Box<str>,
+        index: Index,
+    },
+    /// Multi-valued: `PersistentConnect`, `LastWill`.
+    ConnectAttributes,
+    LastWillTopic,
+    /// A documented IoT variable the emulator cannot resolve (source IP, available keys).
+    /// It is accepted so real policies parse, and stays unresolved.
     Unsupported,
+}
+
+/// Which values of a multi-valued certificate attribute a variable names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Index {
+    /// The plain name, or `.N`: AWS's `.1` is the second value, so this is zero-based.
+    Nth(usize),
+    List,
 }
 
 impl Variable {
     pub(super) fn from_name(name: &str) -> Option<Variable> {
-        let is = |known: &str| name.eq_ignore_ascii_case(known);
-        if is("iot:ClientId") {
-            return Some(Variable::ClientId);
-        }
-        if is("iot:Connection.Thing.ThingName") {
-            return Some(Variable::ThingName);
-        }
-        if is("iot:Connection.Thing.IsAttached") {
-            return Some(Variable::IsAttached);
-        }
-        is_documented_but_unsupported(name).then_some(Variable::Unsupported)
+        let lower = name.to_ascii_lowercase();
+        let variable = match lower.as_str() {
+            "iot:clientid" => Variable::ClientId,
+            "iot:connection.thing.thingname" => Variable::ThingName,
+            "iot:connection.thing.thingtypename" => Variable::ThingTypeName,
+            "iot:connection.thing.isattached" => Variable::IsAttached,
+            "iot:connectattributes" => Variable::ConnectAttributes,
+            "iot:lastwilltopic" => Variable::LastWillTopic,
+            "aws:sourceip" | "iot:certificate.availablekeys" => Variable::Unsupported,
+            _ => return thing_attribute(name).or_else(|| certificate_variable(&lower)),
+        };
+        Some(variable)
     }
 
-    /// The variable's value for this request; `None` when it does not resolve.
-    pub(super) fn resolve<'a>(self, context: &RequestContext<'a>) -> Option<&'a str> {
+    /// The variable's single value for this request; `None` when it does not resolve or
+    /// names a list.
+    pub(super) fn resolve<'a>(&self, context: &RequestContext<'a>) -> Option<&'a str> {
         match self {
             Variable::ClientId => Some(context.client_id),
             Variable::ThingName => context.thing_name,
+            Variable::ThingTypeName => context.thing_name.and(context.thing_type_name),
             Variable::IsAttached if context.thing_name.is_some() => Some("true"),
             Variable::IsAttached => Some("false"),
-            Variable::Unsupported => None,
+            Variable::ThingAttribute(name) => context
+                .thing_name
+                .and(context.thing_attributes)?
+                .get(name.as_ref())
+                .map(String::as_str),
+            Variable::Certificate {
+                key,
+                index: Index::Nth(n),
+            } => context.certificate?.value(key, *n),
+            Variable::LastWillTopic => context.last_will_topic,
+            Variable::Certificate { .. } | Variable::ConnectAttributes | Variable::Unsupported => {
+                None
+            }
         }
+    }
+
+    /// Every value of the variable (one, for single-valued variables); `None` when it does
+    /// not resolve.
+    pub(super) fn values<'a>(&self, context: &RequestContext<'a>) -> Option<Vec<&'a str>> {
+        match self {
+            Variable::ConnectAttributes => Some(context.connect_attributes.to_vec()),
+            Variable::Certificate {
+                key,
+                index: Index::List,
+            } => context.certificate?.list(key),
+            single => single.resolve(context).map(|value| vec![value]),
+        }
+    }
+
+    /// Whether the variable only ever holds `true` or `false`.
+    pub(super) fn is_boolean(&self) -> bool {
+        *self == Variable::IsAttached
     }
 }
 
-fn is_documented_but_unsupported(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower == "iot:connection.thing.thingtypename"
-        || lower == "aws:sourceip"
-        || lower.starts_with("iot:certificate.")
-        || (lower.starts_with("iot:connection.thing.attributes[") && lower.ends_with(']'))
+fn thing_attribute(name: &str) -> Option<Variable> {
+    const PREFIX: &str = "iot:connection.thing.attributes[";
+    let head = name.get(..PREFIX.len())?;
+    let attribute = name[PREFIX.len()..].strip_suffix(']')?;
+    let valid = head.eq_ignore_ascii_case(PREFIX) && !attribute.is_empty();
+    valid.then(|| Variable::ThingAttribute(attribute.into()))
+}
+
+/// `iot:Certificate.Subject.CommonName`, `….CommonName.1`, `….CommonName.List`,
+/// `iot:Certificate.Issuer.*`, `iot:Certificate.Subject.AlternativeName.*`,
+/// `iot:Certificate.SerialNumber`.
+fn certificate_variable(lower: &str) -> Option<Variable> {
+    let rest = lower.strip_prefix("iot:certificate.")?;
+    let (key, index) = match rest.rsplit_once('.') {
+        Some((key, "list")) => (key, Index::List),
+        Some((key, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (key, Index::Nth(n.parse().ok()?))
+        }
+        _ => (rest, Index::Nth(0)),
+    };
+    is_certificate_key(key).then(|| Variable::Certificate {
+        key: key.into(),
+        index,
+    })
+}
+
+fn is_certificate_key(key: &str) -> bool {
+    const ATTRIBUTES: [&str; 13] = [
+        "commonname",
+        "surname",
+        "serialnumber",
+        "country",
+        "state",
+        "organization",
+        "organizationalunit",
+        "title",
+        "givenname",
+        "initials",
+        "generationqualifier",
+        "distinguishednamequalifier",
+        "pseudonym",
+    ];
+    const ALT_NAMES: [&str; 5] = [
+        "rfc822name",
+        "dnsname",
+        "directoryname",
+        "uniformresourceidentifier",
+        "ipaddress",
+    ];
+    if key == "serialnumber" {
+        return true;
+    }
+    let Some((part, attribute)) = key.split_once('.') else {
+        return false;
+    };
+    let is_part = part == "subject" || part == "issuer";
+    match attribute.strip_prefix("alternativename.") {
+        Some(kind) => is_part && ALT_NAMES.contains(&kind),
+        None => is_part && ATTRIBUTES.contains(&attribute),
+    }
 }
 
 /// Whether `*` and `?` are wildcards (resources, `StringLike`) or plain characters
@@ -207,9 +313,8 @@ mod tests {
     use super::*;
 
     const CONTEXT: RequestContext<'static> = RequestContext {
-        client_id: "dev+1",
         thing_name: Some("thing-1"),
-        certificate_id: "c0ffee",
+        ..RequestContext::new("dev+1", "c0ffee")
     };
 
     fn glob(pattern: &str, text: &str) -> bool {

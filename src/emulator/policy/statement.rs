@@ -95,11 +95,7 @@ impl Statement {
 
 /// Action patterns hold no variables, so any context resolves them.
 fn context_free() -> &'static RequestContext<'static> {
-    const NONE: RequestContext<'static> = RequestContext {
-        client_id: "",
-        thing_name: None,
-        certificate_id: "",
-    };
+    const NONE: RequestContext<'static> = RequestContext::new("", "");
     &NONE
 }
 
