@@ -3,7 +3,6 @@
 //! disconnect reasons.
 
 // Shared with tests/broker.rs, which uses the rest of it.
-#[allow(dead_code)]
 mod broker_support;
 
 use broker_support::*;
