@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     pub max_inflight: usize,
     /// Messages queued for one connection before further ones are dropped.
     pub outbound_queue: usize,
+    /// How long after a certificate leaves ACTIVE its live connections are
+    /// closed (AWS: "within a few minutes"; default immediately).
+    pub deactivation_delay: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -69,6 +72,7 @@ impl Default for BrokerConfig {
             max_subscriptions_per_connection: 50,
             max_inflight: 100,
             outbound_queue: 1024,
+            deactivation_delay: Duration::ZERO,
         }
     }
 }
@@ -186,8 +190,15 @@ async fn close_deactivated(mut events: broadcast::Receiver<CertificateEvent>, sh
         };
         match event {
             Ok(CertificateEvent::Deactivated { certificate_id }) => {
-                for handle in shared.router.connections_of(&certificate_id) {
-                    handle.evict(Eviction::CertificateDeactivated);
+                let delay = shared.config.deactivation_delay;
+                if delay.is_zero() {
+                    evict_certificate(&shared, &certificate_id);
+                } else {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        evict_certificate(&shared, &certificate_id);
+                    });
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -199,6 +210,12 @@ async fn close_deactivated(mut events: broadcast::Receiver<CertificateEvent>, sh
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+fn evict_certificate(shared: &Shared, certificate_id: &str) {
+    for handle in shared.router.connections_of(certificate_id) {
+        handle.evict(Eviction::CertificateDeactivated);
     }
 }
 
