@@ -26,7 +26,7 @@ use crate::identity::tls::client_config;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
-use crate::scenario::{CredentialStorage, Qos, Scenario, Target};
+use crate::scenario::{CredentialStorage, ProvisioningMethod, Qos, Scenario, Target};
 
 /// How many end-of-run identity checks run at once.
 const CHECK_CONCURRENCY: usize = 32;
@@ -114,8 +114,9 @@ pub async fn execute(
     .await;
     let elapsed = started.elapsed();
     let check = final_check(&context, &outcomes, scenario.fleet.size).await;
-    let report = Report::build(&recorder, &scenario.slo, &check, elapsed)
+    let mut report = Report::build(&recorder, &scenario.slo, &check, elapsed)
         .map_err(|e| RunError::Failed(e.to_string()))?;
+    report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -128,6 +129,7 @@ pub async fn execute(
 async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
     let config = EmulatorConfig {
         certificate_validity: scenario.to_real(scenario.certificates.validity),
+        key_pool_size: key_pool_size(scenario),
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config)
@@ -135,6 +137,17 @@ async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
         .map_err(|e| RunError::CannotStart(e.to_string()))?;
     info!(mqtt = %emulator.mqtt_addr(), control = %emulator.control_url(), "emulator started");
     Ok(emulator)
+}
+
+/// RSA keys take tens of milliseconds each: with server-generated keys the
+/// emulator keeps up to one burst's worth ready ahead of the devices.
+fn key_pool_size(scenario: &Scenario) -> usize {
+    match scenario.provisioning.method {
+        ProvisioningMethod::CsrEcP256 => 0,
+        ProvisioningMethod::CreateKeysRsa => {
+            usize::try_from(scenario.fleet.size.min(256)).expect("invariant: at most 256")
+        }
+    }
 }
 
 /// Creates policies, template and claim certificate through the control
@@ -207,6 +220,7 @@ fn device_context(
             private_key_pem: setup.claim_private_key_pem.clone(),
         },
         template: scenario.provisioning.template.clone(),
+        method: scenario.provisioning.method,
         store,
         control,
         recorder: Arc::clone(recorder),

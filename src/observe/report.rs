@@ -54,6 +54,10 @@ pub struct Report {
     pub slo: Vec<SloVerdict>,
     /// Whether every verdict passed, for readers of the JSON alone.
     pub passed: bool,
+    /// The devices' key type (`ec_p256` or `rsa_2048`), which every
+    /// handshake signs with; set by the run, absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
 }
 
 /// Latencies in milliseconds, from the moment the step was due; `None` when
@@ -120,6 +124,7 @@ impl Report {
             retired_still_accepted: check.retired_still_accepted,
             passed: slo.iter().all(|verdict| verdict.passed),
             slo,
+            key_type: None,
         })
     }
 
@@ -156,8 +161,16 @@ impl Report {
     fn write_header(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "run {}: {:.1} s, {} devices, {} provisioned, {} failed\n",
-            self.run, self.elapsed_seconds, self.devices, self.provisioned, self.devices_failed
+            "run {}: {:.1} s, {} devices, {} provisioned, {} failed{}\n",
+            self.run,
+            self.elapsed_seconds,
+            self.devices,
+            self.provisioned,
+            self.devices_failed,
+            self.key_type
+                .as_deref()
+                .map(|key| format!(", {key} device keys"))
+                .unwrap_or_default()
         );
     }
 

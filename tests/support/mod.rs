@@ -21,12 +21,18 @@ pub struct Target {
 }
 
 pub async fn configured_emulator(certificate_validity: Duration) -> Target {
-    let emulator = Emulator::start(EmulatorConfig {
+    configured_emulator_with(EmulatorConfig {
         certificate_validity,
         ..EmulatorConfig::default()
     })
     .await
-    .expect("emulator starts on loopback");
+}
+
+/// An emulator started with `config`, then set up like a run sets it up.
+pub async fn configured_emulator_with(config: EmulatorConfig) -> Target {
+    let emulator = Emulator::start(config)
+        .await
+        .expect("emulator starts on loopback");
     let control = ControlPlane::for_endpoint(&emulator.control_url(), emulator::REGION);
     let names = SetupNames {
         account_id: emulator::ACCOUNT_ID.to_owned(),
