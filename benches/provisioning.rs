@@ -1,6 +1,8 @@
 //! Throughput of the in-process emulator: mutual-TLS MQTT handshakes per
 //! second and Fleet Provisioning requests per second (CreateCertificateFromCsr
-//! + RegisterThing, and CreateKeysAndCertificate from a warm RSA key pool).
+//! then RegisterThing, and CreateKeysAndCertificate from a warm RSA key pool
+//! then RegisterThing).
+//!
 //! A benchmark, not a test: `cargo bench --bench provisioning` prints the
 //! numbers and writes them as JSON to `target/bench/provisioning.json`.
 
@@ -91,7 +93,10 @@ async fn handshakes_per_second(bench: &Bench) -> f64 {
     let started = Instant::now();
     let workers = (0..WORKERS).map(|w| async move {
         for i in 0..HANDSHAKES_PER_WORKER {
-            connect(bench, &format!("bench-{w}-{i}")).await.disconnect().await;
+            connect(bench, &format!("bench-{w}-{i}"))
+                .await
+                .disconnect()
+                .await;
         }
     });
     futures_util::future::join_all(workers).await;
@@ -149,7 +154,9 @@ async fn provisioning_per_second(bench: &Bench, flow: Flow) -> f64 {
             let payload = serde_json::to_vec(&register_request).expect("json");
             let accepted = format!("{register}/accepted");
             let rejected = format!("{register}/rejected");
-            let reply = session.request(&register, payload, &accepted, &rejected).await;
+            let reply = session
+                .request(&register, payload, &accepted, &rejected)
+                .await;
             reply.expect("answered").expect("registered");
         }
         session.disconnect().await;

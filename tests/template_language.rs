@@ -32,14 +32,20 @@ fn template(thing_properties: &str, overrides: &str) -> Template {
 fn request(serial: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("SerialNumber".to_owned(), serial.to_owned()),
-        ("AWS::IoT::Certificate::Id".to_owned(), CERTIFICATE_ID.to_owned()),
+        (
+            "AWS::IoT::Certificate::Id".to_owned(),
+            CERTIFICATE_ID.to_owned(),
+        ),
     ])
 }
 
 fn existing() -> ThingProperties {
     ThingProperties {
-        attributes: [("old".to_owned(), "1".to_owned()), ("colour".to_owned(), "red".to_owned())]
-            .into(),
+        attributes: [
+            ("old".to_owned(), "1".to_owned()),
+            ("colour".to_owned(), "red".to_owned()),
+        ]
+        .into(),
         thing_type: Some("sensor-v1".to_owned()),
         groups: ["legacy".to_owned()].into(),
     }
@@ -66,7 +72,11 @@ fn a_new_thing_gets_the_templates_type_groups_and_attributes() {
 
 #[test]
 fn do_nothing_is_the_default_and_keeps_every_existing_property() {
-    let thing = template(FULL, "").evaluate(&request("sn-1")).unwrap().thing.unwrap();
+    let thing = template(FULL, "")
+        .evaluate(&request("sn-1"))
+        .unwrap()
+        .thing
+        .unwrap();
     assert_eq!(thing.attributes_override, Override::DoNothing);
 
     assert_eq!(thing.resolve(Some(&existing())).unwrap(), existing());
@@ -74,11 +84,19 @@ fn do_nothing_is_the_default_and_keeps_every_existing_property() {
 
 #[test]
 fn replace_takes_the_templates_values() {
-    let overrides = r#""AttributePayload": "REPLACE", "ThingTypeName": "REPLACE", "ThingGroups": "REPLACE""#;
-    let thing = template(FULL, overrides).evaluate(&request("sn-1")).unwrap().thing.unwrap();
+    let overrides =
+        r#""AttributePayload": "REPLACE", "ThingTypeName": "REPLACE", "ThingGroups": "REPLACE""#;
+    let thing = template(FULL, overrides)
+        .evaluate(&request("sn-1"))
+        .unwrap()
+        .thing
+        .unwrap();
 
     let properties = thing.resolve(Some(&existing())).unwrap();
-    assert_eq!(properties.attributes, [("colour".to_owned(), "blue".to_owned())].into());
+    assert_eq!(
+        properties.attributes,
+        [("colour".to_owned(), "blue".to_owned())].into()
+    );
     assert_eq!(properties.thing_type.as_deref(), Some("sensor-v2"));
     assert_eq!(properties.groups, set(&["eu", "fleet"]));
 }
@@ -86,13 +104,24 @@ fn replace_takes_the_templates_values() {
 #[test]
 fn merge_adds_attributes_and_groups_to_the_existing_ones() {
     let overrides = r#""AttributePayload": "MERGE", "ThingGroups": "MERGE""#;
-    let thing = template(FULL, overrides).evaluate(&request("sn-1")).unwrap().thing.unwrap();
+    let thing = template(FULL, overrides)
+        .evaluate(&request("sn-1"))
+        .unwrap()
+        .thing
+        .unwrap();
 
     let properties = thing.resolve(Some(&existing())).unwrap();
     assert_eq!(properties.attributes["old"], "1");
-    assert_eq!(properties.attributes["colour"], "blue", "the template's value wins");
+    assert_eq!(
+        properties.attributes["colour"], "blue",
+        "the template's value wins"
+    );
     assert_eq!(properties.groups, set(&["eu", "fleet", "legacy"]));
-    assert_eq!(properties.thing_type.as_deref(), Some("sensor-v1"), "type untouched");
+    assert_eq!(
+        properties.thing_type.as_deref(),
+        Some("sensor-v1"),
+        "type untouched"
+    );
 }
 
 #[test]
@@ -101,15 +130,25 @@ fn merge_is_refused_for_a_thing_type() {
         "Properties": {"ThingName": "t", "ThingTypeName": "x"},
         "OverrideSettings": {"ThingTypeName": "MERGE"}}}}"#;
     let error = Template::parse(body).expect_err("MERGE of a single value");
-    assert!(error.to_string().contains("OverrideSettings.ThingTypeName"), "{error}");
+    assert!(
+        error.to_string().contains("OverrideSettings.ThingTypeName"),
+        "{error}"
+    );
 }
 
 #[test]
 fn fail_refuses_a_change_to_an_existing_thing_but_not_a_repeat() {
     let overrides = r#""ThingTypeName": "FAIL""#;
-    let thing = template(FULL, overrides).evaluate(&request("sn-1")).unwrap().thing.unwrap();
+    let thing = template(FULL, overrides)
+        .evaluate(&request("sn-1"))
+        .unwrap()
+        .thing
+        .unwrap();
 
-    assert_eq!(thing.resolve(Some(&existing())), Err(OverrideConflict("ThingTypeName")));
+    assert_eq!(
+        thing.resolve(Some(&existing())),
+        Err(OverrideConflict("ThingTypeName"))
+    );
     let same_type = ThingProperties {
         thing_type: Some("sensor-v2".to_owned()),
         ..existing()
@@ -127,7 +166,9 @@ fn thing_names_types_and_groups_are_validated_as_aws_does() {
     let ok = "a:b_c-D9".to_owned() + &"x".repeat(120);
     assert!(template("", "").evaluate(&request(&ok)).is_ok());
     let bad_group = template(r#", "ThingGroups": ["ok", "not ok"]"#, "");
-    let error = bad_group.evaluate(&request("sn-1")).expect_err("a space in a group name");
+    let error = bad_group
+        .evaluate(&request("sn-1"))
+        .expect_err("a space in a group name");
     assert!(error.to_string().contains("ThingGroups[1]"), "{error}");
     let bad_type = template(r#", "ThingTypeName": "a/b""#, "");
     assert!(bad_type.evaluate(&request("sn-1")).is_err());
