@@ -279,10 +279,19 @@ fn claim_policy_grants_only_the_provisioning_topics() {
         "topicfilter/#",
         &context
     ));
+    assert!(
+        allowed(
+            &policy,
+            Action::Publish,
+            "topic/$aws/certificates/create/json",
+            &context
+        ),
+        "CreateKeysAndCertificate is allowed for method: create_keys"
+    );
     assert!(!allowed(
         &policy,
         Action::Publish,
-        "topic/$aws/certificates/create/json",
+        "topic/$aws/things/claim-7/shadow/update",
         &context
     ));
     let other_template = "topic/$aws/provisioning-templates/other/provision/json";
