@@ -432,3 +432,64 @@ async fn a_hook_target_with_no_registered_hook_denies() {
     let error = provision(&target, "sim-1").await.expect_err("no such hook");
     assert_eq!(error.status_code, 403);
 }
+
+#[tokio::test]
+async fn register_thing_sets_thing_type_and_groups_and_merges_them_on_reprovisioning() {
+    let target = configured_emulator_with(EmulatorConfig {
+        server_key: ServerKeyType::EcP256,
+        ..config()
+    })
+    .await;
+    let body = r#"{
+      "Parameters": {"SerialNumber": {"Type": "String"}, "Group": {"Type": "String"},
+                     "AWS::IoT::Certificate::Id": {"Type": "String"}},
+      "Resources": {
+        "thing": {"Type": "AWS::IoT::Thing",
+          "Properties": {"ThingName": {"Ref": "SerialNumber"}, "ThingTypeName": "sensor",
+                         "ThingGroups": [{"Ref": "Group"}]},
+          "OverrideSettings": {"ThingGroups": "MERGE", "ThingTypeName": "FAIL"}},
+        "certificate": {"Type": "AWS::IoT::Certificate",
+          "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}
+      }
+    }"#;
+    // The claim policy covers one template name, so the template is replaced.
+    let client = target.control.client();
+    client
+        .delete_provisioning_template()
+        .template_name(TEMPLATE)
+        .send()
+        .await
+        .unwrap();
+    client
+        .create_provisioning_template()
+        .template_name(TEMPLATE)
+        .template_body(body)
+        .enabled(true)
+        .provisioning_role_arn("arn:aws:iam::123456789012:role/fleetsim-provisioning")
+        .send()
+        .await
+        .expect("the template is valid");
+    let topic = register_thing_topic_in(TEMPLATE, PayloadFormat::Json);
+    let mut session = claim_session(&target, "provision-typed", PayloadFormat::Json).await;
+
+    for group in ["eu", "beta"] {
+        let issued = create_keys(&mut session, PayloadFormat::Json).await;
+        let request = serde_json::json!({
+            "certificateOwnershipToken": issued.certificate_ownership_token,
+            "parameters": { "SerialNumber": "typed-1", "Group": group },
+        });
+        call(&mut session, &topic, serde_json::to_vec(&request).unwrap())
+            .await
+            .expect("RegisterThing is accepted");
+    }
+
+    let thing = target
+        .emulator
+        .registry()
+        .thing("typed-1")
+        .expect("thing created");
+    assert_eq!(thing.thing_type.as_deref(), Some("sensor"));
+    let groups: Vec<&str> = thing.groups.iter().map(String::as_str).collect();
+    assert_eq!(groups, ["beta", "eu"], "MERGE adds the second group");
+    assert_eq!(thing.version, 2, "created at 1, changed once");
+}

@@ -404,6 +404,20 @@ impl Registry {
         Ok(())
     }
 
+    /// Creates a thing with all its properties at version 1, unless it exists;
+    /// the flag says whether it was created.
+    pub fn ensure_thing_with(&self, name: &str, properties: &ThingProperties) -> bool {
+        let (_, created) = self.ensure_thing(name, &properties.attributes);
+        if created {
+            let mut state = self.lock();
+            if let Some(thing) = state.things.get_mut(name) {
+                thing.thing_type = properties.thing_type.clone();
+                thing.groups = properties.groups.clone();
+            }
+        }
+        created
+    }
+
     /// Sets a thing's attributes, type and groups as a template decided them;
     /// the version moves only when something changed.
     pub fn set_thing_properties(

@@ -385,11 +385,11 @@ impl FleetProvisioning {
         }
         let mut thing_name = String::new();
         if let (Some(thing), Some(properties)) = (&plan.thing, properties) {
-            self.registry
-                .ensure_thing(&thing.name, &properties.attributes);
-            self.registry
-                .set_thing_properties(&thing.name, &properties)
-                .map_err(internal)?;
+            if !self.registry.ensure_thing_with(&thing.name, &properties) {
+                self.registry
+                    .set_thing_properties(&thing.name, &properties)
+                    .map_err(internal)?;
+            }
             self.registry
                 .attach_thing_principal(&thing.name, certificate_id)
                 .map_err(internal)?;
