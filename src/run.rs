@@ -28,7 +28,9 @@ use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
-use crate::scenario::{self, CredentialStorage, Qos, Scenario, SerialPattern, format_duration};
+use crate::scenario::{
+    self, CredentialStorage, ProvisioningMethod, Qos, Scenario, SerialPattern, format_duration,
+};
 use crate::standalone::{EmulatorInfo, StandaloneError};
 
 /// How many end-of-run identity checks run at once.
@@ -179,6 +181,7 @@ pub async fn execute(
     let mut report = Report::build(&recorder, &scenario.slo, &check, elapsed)
         .map_err(|e| RunError::Failed(e.to_string()))?;
     report.shard = ShardInfo::of(&plan);
+    report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -348,6 +351,7 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
 async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
     let config = EmulatorConfig {
         certificate_validity: scenario.to_real(scenario.certificates.validity),
+        key_pool_size: key_pool_size(scenario),
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config)
@@ -355,6 +359,17 @@ async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
         .map_err(|e| RunError::CannotStart(e.to_string()))?;
     info!(mqtt = %emulator.mqtt_addr(), control = %emulator.control_url(), "emulator started");
     Ok(emulator)
+}
+
+/// RSA keys take tens of milliseconds each: with server-generated keys the
+/// emulator keeps up to one burst's worth ready ahead of the devices.
+fn key_pool_size(scenario: &Scenario) -> usize {
+    match scenario.provisioning.method {
+        ProvisioningMethod::CsrEcP256 => 0,
+        ProvisioningMethod::CreateKeysRsa => {
+            usize::try_from(scenario.fleet.size.min(256)).expect("invariant: at most 256")
+        }
+    }
 }
 
 /// Creates policies, template and claim certificate through the control
@@ -441,6 +456,7 @@ fn device_context(
             private_key_pem: setup.claim_private_key_pem.clone(),
         },
         template: scenario.provisioning.template.clone(),
+        method: scenario.provisioning.method,
         store,
         control,
         recorder: Arc::clone(recorder),

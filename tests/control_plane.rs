@@ -34,6 +34,7 @@ async fn emulator() -> Emulator {
     let settings = ControlApiSettings {
         endpoint_address: ENDPOINT.to_owned(),
         certificate_validity: VALIDITY,
+        ..ControlApiSettings::default()
     };
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
     let api = ControlApi::start(bind, Arc::clone(&registry), Arc::clone(&ca), settings)

@@ -274,10 +274,19 @@ fn claim_policy_grants_only_the_provisioning_topics() {
         "topicfilter/#",
         &context
     ));
+    assert!(
+        allowed(
+            &policy,
+            Action::Publish,
+            "topic/$aws/certificates/create/json",
+            &context
+        ),
+        "CreateKeysAndCertificate is allowed for method: create_keys"
+    );
     assert!(!allowed(
         &policy,
         Action::Publish,
-        "topic/$aws/certificates/create/json",
+        "topic/$aws/things/claim-7/shadow/update",
         &context
     ));
     let other_template = "topic/$aws/provisioning-templates/other/provision/json";
@@ -718,6 +727,10 @@ fn repository_template_provisions_the_serial_numbers_thing() {
             name: "fleetsim-SN1".into(),
             attributes: parameters(&[("serial", "SN1")]),
             attributes_override: Override::Replace,
+            thing_type: None,
+            thing_type_override: Override::DoNothing,
+            groups: None,
+            groups_override: Override::DoNothing,
         }),
         certificate: Some(CertificatePlan {
             certificate_id: CERTIFICATE_ID.into(),
@@ -1090,12 +1103,12 @@ fn unknown_template_sections_and_properties_are_refused() {
     );
     let error = template(
         "",
-        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "t", "ThingGroups": ["g"]}}"#,
+        r#","thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "t", "BillingGroup": "g"}}"#,
         "",
     )
-    .expect_err("thing groups are not modelled");
+    .expect_err("billing groups are not modelled");
     assert!(
-        matches!(&error, TemplateError::Malformed { at, .. } if at == "Resources.thing.Properties.ThingGroups"),
+        matches!(&error, TemplateError::Malformed { at, .. } if at == "Resources.thing.Properties.BillingGroup"),
         "{error:?}"
     );
 }

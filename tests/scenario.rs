@@ -586,3 +586,18 @@ fn of_two_mistakes_the_earlier_section_is_reported() {
     let (line, _, field, _) = refusal(&text);
     assert_eq!((line, field.as_str()), (1, "name"));
 }
+
+#[test]
+fn create_keys_is_a_provisioning_method_and_unknown_methods_name_the_choices() {
+    let scenario = minimal_with("provisioning:\n  method: create_keys\n").unwrap();
+    assert_eq!(
+        scenario.provisioning.method,
+        ProvisioningMethod::CreateKeysRsa
+    );
+
+    let text = format!("{MINIMAL}provisioning:\n  method: keys\n");
+    let (_, column, field, reason) = refusal(&text);
+    assert_eq!(field, "provisioning.method");
+    assert_eq!(column, 11);
+    assert!(reason.contains("csr, create_keys"), "{reason}");
+}

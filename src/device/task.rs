@@ -26,10 +26,12 @@ use crate::identity::store::CredentialStore;
 use crate::identity::{Credentials, generate_key_and_csr, tls::client_config};
 use crate::observe::{DeviceState, FailureReason, Op, Recorder};
 use crate::provisioning::{
-    CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, ErrorResponse,
-    RegisterThingRequest, RegisterThingResponse, create_from_csr, register_thing_accepted,
-    register_thing_rejected, register_thing_topic,
+    CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse,
+    CreateKeysAndCertificateResponse, ErrorResponse, RegisterThingRequest, RegisterThingResponse,
+    create_from_csr, create_keys, register_thing_accepted, register_thing_rejected,
+    register_thing_topic,
 };
+use crate::scenario::ProvisioningMethod;
 
 /// Telemetry as one device sends it.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct DeviceContext {
     pub root_pem: String,
     pub claim: Credentials,
     pub template: String,
+    /// How devices get certificates, at provisioning and at every rotation.
+    pub method: ProvisioningMethod,
     pub store: CredentialStore,
     pub control: Arc<ControlPlane>,
     pub recorder: Arc<Recorder>,
@@ -76,6 +80,7 @@ impl DeviceContext {
             root_pem: self.root_pem.clone(),
             claim: self.claim.clone(),
             template: self.template.clone(),
+            method: self.method,
             store,
             control: Arc::clone(&self.control),
             recorder,
@@ -319,16 +324,55 @@ impl Device {
     }
 
     fn reply_filters(&self) -> [String; 4] {
+        let (accepted, rejected) = match self.ctx.method {
+            ProvisioningMethod::CsrEcP256 => (create_from_csr::ACCEPTED, create_from_csr::REJECTED),
+            ProvisioningMethod::CreateKeysRsa => (create_keys::ACCEPTED, create_keys::REJECTED),
+        };
         [
-            create_from_csr::ACCEPTED.to_owned(),
-            create_from_csr::REJECTED.to_owned(),
+            accepted.to_owned(),
+            rejected.to_owned(),
             register_thing_accepted(&self.ctx.template),
             register_thing_rejected(&self.ctx.template),
         ]
     }
 
-    /// CreateCertificateFromCsr: the key never leaves the device.
+    /// A new certificate by the scenario's method.
     async fn request_certificate(
+        &mut self,
+        session: &mut Session,
+    ) -> Result<Issued, (Op, SessionError)> {
+        match self.ctx.method {
+            ProvisioningMethod::CsrEcP256 => self.request_from_csr(session).await,
+            ProvisioningMethod::CreateKeysRsa => self.request_keys(session).await,
+        }
+    }
+
+    /// CreateKeysAndCertificate: the server makes an RSA key and sends it
+    /// once with the certificate; the device signs every handshake with it.
+    async fn request_keys(&mut self, session: &mut Session) -> Result<Issued, (Op, SessionError)> {
+        let op = Op::CreateCertificate;
+        let started = Instant::now();
+        let reply: CreateKeysAndCertificateResponse = exchange(
+            session,
+            create_keys::REQUEST,
+            &serde_json::Map::new(),
+            create_keys::ACCEPTED,
+            create_keys::REJECTED,
+        )
+        .await
+        .map_err(|e| (op, e))?;
+        self.ctx.recorder.record(op, started.elapsed());
+        Ok(Issued {
+            credentials: Credentials {
+                certificate_pem: reply.certificate_pem,
+                private_key_pem: reply.private_key,
+            },
+            ownership_token: reply.certificate_ownership_token,
+        })
+    }
+
+    /// CreateCertificateFromCsr: the key never leaves the device.
+    async fn request_from_csr(
         &mut self,
         session: &mut Session,
     ) -> Result<Issued, (Op, SessionError)> {

@@ -157,6 +157,18 @@ impl CertificateAuthority {
         Ok((issued(cert.der().clone(), &params), key.serialize_pem()))
     }
 
+    /// A client certificate for a key the emulator generated for the device
+    /// (CreateKeysAndCertificate). AWS gives these a generic subject.
+    pub fn issue_for_key(
+        &self,
+        key: &KeyPair,
+        validity: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
+        let params = client_params(name("AWS IoT Certificate"), validity);
+        let cert = params.signed_by(key, &self.issuer).map_err(signing)?;
+        Ok(issued(cert.der().clone(), &params))
+    }
+
     /// Verifies a CSR and signs a client certificate for its public key.
     /// Only the subject is taken from the request: extensions asked for in
     /// the CSR (a CA flag, say) are never copied.
@@ -170,6 +182,7 @@ impl CertificateAuthority {
         if !ACCEPTED_CSR_ALGORITHMS.contains(&algorithm) {
             return Err(CaError::UnsupportedCsr(format!("{algorithm:?}")));
         }
+        check_rsa_strength(csr_pem)?;
         let params = client_params(csr.params.distinguished_name.clone(), validity);
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
@@ -177,6 +190,32 @@ impl CertificateAuthority {
         Ok(issued(cert.der().clone(), &params))
     }
 }
+
+/// AWS accepts RSA keys of at least 2048 bits [aws-iot-facts §4.1]; rcgen
+/// names the algorithm but not the key size, so the CSR is read once more.
+fn check_rsa_strength(csr_pem: &str) -> Result<(), CaError> {
+    use rustls::pki_types::{CertificateSigningRequestDer, pem::PemObject};
+    use x509_parser::prelude::{FromDer, X509CertificationRequest};
+    use x509_parser::public_key::PublicKey;
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| CaError::MalformedCsr)?;
+    let (_, csr) =
+        X509CertificationRequest::from_der(der.as_ref()).map_err(|_| CaError::MalformedCsr)?;
+    let key = csr.certification_request_info.subject_pki.parsed();
+    match key {
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() < MIN_RSA_BITS => {
+            Err(CaError::UnsupportedCsr(format!(
+                "RSA key of {} bits; at least {MIN_RSA_BITS} required",
+                rsa.key_size()
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(_) => Err(CaError::MalformedCsr),
+    }
+}
+
+/// The smallest RSA modulus AWS IoT signs.
+const MIN_RSA_BITS: usize = 2048;
 
 /// AWS's certificateId: lowercase hex SHA-256 of the DER encoding.
 pub fn certificate_id(der: &[u8]) -> String {
@@ -250,7 +289,8 @@ fn san(name: &str) -> Result<SanType, CaError> {
     }
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
+/// PEM text for `der` under `label`, 64 base64 characters a line.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = format!("-----BEGIN {label}-----\n");

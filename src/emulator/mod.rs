@@ -11,6 +11,7 @@ pub mod broker;
 pub mod ca;
 pub mod control_api;
 pub mod fleet_provisioning;
+pub mod hook;
 pub mod persist;
 pub mod policy;
 pub mod registry;
@@ -26,7 +27,9 @@ use std::time::Duration;
 use broker::{Broker, BrokerConfig, BrokerHandle};
 use ca::CertificateAuthority;
 use control_api::{ControlApi, ControlApiHandle, ControlApiSettings};
-use fleet_provisioning::FleetProvisioning;
+use fleet_provisioning::keys::ServerKeyType;
+use fleet_provisioning::{FleetProvisioning, ProvisioningSettings};
+use hook::HookRegistry;
 use persist::{PersistError, PersistHandle, StateDir};
 use registry::Registry;
 
@@ -45,6 +48,16 @@ pub struct EmulatorConfig {
     pub broker: BrokerConfig,
     /// Where the CA and registry persist; `None` keeps everything in memory.
     pub state_dir: Option<PathBuf>,
+    /// Lifetime of Fleet Provisioning ownership tokens (AWS: one hour).
+    pub token_lifetime: Duration,
+    /// The key CreateKeysAndCertificate generates (AWS: RSA-2048).
+    pub server_key: ServerKeyType,
+    /// Server-generated keys kept ready ahead of demand; 0 makes each on request.
+    pub key_pool_size: usize,
+    /// Pre-provisioning hooks, by the Lambda function name templates use.
+    pub hooks: Arc<HookRegistry>,
+    /// Delay before DetachThingPrincipal takes effect (AWS: seconds; default none).
+    pub detach_propagation_delay: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -56,6 +69,11 @@ impl Default for EmulatorConfig {
             certificate_validity: Duration::from_secs(365 * 86_400),
             broker: BrokerConfig::default(),
             state_dir: None,
+            token_lifetime: fleet_provisioning::TOKEN_LIFETIME,
+            server_key: ServerKeyType::Rsa2048,
+            key_pool_size: 0,
+            hooks: Arc::default(),
+            detach_propagation_delay: Duration::ZERO,
         }
     }
 }
@@ -82,6 +100,8 @@ pub struct Emulator {
     broker: BrokerHandle,
     control: ControlApiHandle,
     persist: Option<PersistHandle>,
+    provisioning: Arc<FleetProvisioning>,
+    hooks: Arc<HookRegistry>,
 }
 
 impl Emulator {
@@ -94,23 +114,37 @@ impl Emulator {
         let server = ca.issue_server(&names)?;
         let tls = tls::server_config(ca.root_der().clone(), server, Arc::clone(&registry))
             .map_err(|e| EmulatorError::Tls(e.to_string()))?;
-        let provisioning = Arc::new(FleetProvisioning::new(
+        let provisioning_settings = ProvisioningSettings {
+            certificate_validity: config.certificate_validity,
+            token_lifetime: config.token_lifetime,
+            server_key: config.server_key,
+            key_pool_size: config.key_pool_size,
+        };
+        let provisioning = Arc::new(FleetProvisioning::with_settings(
             Arc::clone(&registry),
             Arc::clone(&ca),
-            config.certificate_validity,
+            provisioning_settings,
+            Arc::clone(&config.hooks),
         ));
         let broker_config = BrokerConfig {
             bind: config.mqtt_bind,
             ..config.broker
         };
-        let broker = Broker::start(broker_config, tls, Arc::clone(&registry), provisioning)
-            .map_err(|source| EmulatorError::Bind {
-                addr: config.mqtt_bind,
-                source,
-            })?;
+        let broker = Broker::start(
+            broker_config,
+            tls,
+            Arc::clone(&registry),
+            Arc::clone(&provisioning),
+        )
+        .map_err(|source| EmulatorError::Bind {
+            addr: config.mqtt_bind,
+            source,
+        })?;
         let settings = ControlApiSettings {
             endpoint_address: broker.local_addr().to_string(),
             certificate_validity: config.certificate_validity,
+            detach_propagation_delay: config.detach_propagation_delay,
+            server_key: config.server_key,
         };
         let control = ControlApi::start(
             config.control_bind,
@@ -129,6 +163,8 @@ impl Emulator {
             broker,
             control,
             persist,
+            provisioning,
+            hooks: config.hooks,
         })
     }
 
@@ -151,6 +187,15 @@ impl Emulator {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    pub fn provisioning(&self) -> &Arc<FleetProvisioning> {
+        &self.provisioning
+    }
+
+    /// Where pre-provisioning hooks are registered, also while running.
+    pub fn hooks(&self) -> &Arc<HookRegistry> {
+        &self.hooks
     }
 
     pub fn connection_count(&self) -> usize {

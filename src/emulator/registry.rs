@@ -95,6 +95,34 @@ pub struct ThingRecord {
     /// Ids of the certificates attached to this thing.
     pub principals: BTreeSet<String>,
     pub version: i64,
+    /// `ThingTypeName`, if the thing has one.
+    pub thing_type: Option<String>,
+    /// Names of the thing groups the thing belongs to.
+    pub groups: BTreeSet<String>,
+}
+
+/// A thing's properties that a provisioning template sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThingProperties {
+    pub attributes: BTreeMap<String, String>,
+    pub thing_type: Option<String>,
+    pub groups: BTreeSet<String>,
+}
+
+/// A template's pre-provisioning hook, as CreateProvisioningTemplate takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisioningHookConfig {
+    pub target_arn: String,
+    pub payload_version: String,
+}
+
+/// The fields UpdateProvisioningTemplate may change; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateUpdate {
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    pub provisioning_role_arn: Option<String>,
+    pub pre_provisioning_hook: Option<Option<ProvisioningHookConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +146,7 @@ pub struct TemplateRecord {
     pub provisioning_role_arn: String,
     pub created_at: SystemTime,
     pub last_modified: SystemTime,
+    pub pre_provisioning_hook: Option<ProvisioningHookConfig>,
 }
 
 impl Default for TemplateRecord {
@@ -131,6 +160,7 @@ impl Default for TemplateRecord {
             provisioning_role_arn: String::new(),
             created_at: SystemTime::UNIX_EPOCH,
             last_modified: SystemTime::UNIX_EPOCH,
+            pre_provisioning_hook: None,
         }
     }
 }
@@ -159,6 +189,20 @@ pub enum RegistryError {
     MalformedPolicy { name: String, reason: String },
     #[error("certificate {id} already has {limit} policies attached")]
     PolicyLimit { id: String, limit: usize },
+    #[error("{kind} {id} cannot be deleted: {reason}")]
+    DeleteConflict {
+        kind: &'static str,
+        id: String,
+        reason: String,
+    },
+    #[error("certificate {id} must be deactivated (not ACTIVE) before deletion")]
+    DeleteActive { id: String },
+    #[error("thing {name} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        name: String,
+        expected: i64,
+        actual: i64,
+    },
 }
 
 /// AWS allows at most this many policies on one certificate.
@@ -396,6 +440,36 @@ impl Registry {
         unclaimed
     }
 
+    /// Deletes a certificate under AWS's rules [aws-iot-facts §4.5]: never an
+    /// ACTIVE one, never one attached to a thing, and one with policies
+    /// only when `force` is set.
+    pub fn delete_certificate(&self, id: &str, force: bool) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let cert = state
+            .certificates
+            .get(id)
+            .ok_or_else(|| not_found("certificate", id))?;
+        let conflict = |reason: &str| RegistryError::DeleteConflict {
+            kind: "certificate",
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if cert.status == CertificateStatus::Active {
+            return Err(RegistryError::DeleteActive { id: id.to_owned() });
+        }
+        if !cert.things.is_empty() {
+            return Err(conflict("it is attached to one or more things"));
+        }
+        if !cert.policies.is_empty() && !force {
+            return Err(conflict(
+                "it has policies attached; detach them or force the deletion",
+            ));
+        }
+        state.certificates.remove(id);
+        self.record(|| Change::CertificateRemoved { id: id.to_owned() });
+        Ok(())
+    }
+
     pub fn certificate_count(&self) -> usize {
         self.lock().certificates.len()
     }
@@ -424,6 +498,8 @@ impl Registry {
             attributes: attributes.clone(),
             principals: BTreeSet::new(),
             version: 1,
+            thing_type: None,
+            groups: BTreeSet::new(),
         };
         state.things.insert(name.to_owned(), thing.clone());
         self.record(|| Change::Thing(thing.clone()));
@@ -446,6 +522,78 @@ impl Registry {
             thing.version += 1;
             self.record_thing(&state, name);
         }
+        Ok(())
+    }
+
+    /// Creates a thing with all its properties at version 1, unless it exists;
+    /// the flag says whether it was created.
+    pub fn ensure_thing_with(&self, name: &str, properties: &ThingProperties) -> bool {
+        let (_, created) = self.ensure_thing(name, &properties.attributes);
+        if created {
+            let mut state = self.lock();
+            if let Some(thing) = state.things.get_mut(name) {
+                thing.thing_type = properties.thing_type.clone();
+                thing.groups = properties.groups.clone();
+            }
+            self.record_thing(&state, name);
+        }
+        created
+    }
+
+    /// Sets a thing's attributes, type and groups as a template decided them;
+    /// the version moves only when something changed.
+    pub fn set_thing_properties(
+        &self,
+        name: &str,
+        properties: &ThingProperties,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let thing = state
+            .things
+            .get_mut(name)
+            .ok_or_else(|| not_found("thing", name))?;
+        let changed = thing.attributes != properties.attributes
+            || thing.thing_type != properties.thing_type
+            || thing.groups != properties.groups;
+        if changed {
+            thing.attributes = properties.attributes.clone();
+            thing.thing_type = properties.thing_type.clone();
+            thing.groups = properties.groups.clone();
+            thing.version += 1;
+            self.record_thing(&state, name);
+        }
+        Ok(())
+    }
+
+    /// Deletes a thing. A missing thing is not an error, as on AWS; one
+    /// with principals attached is refused.
+    pub fn delete_thing(
+        &self,
+        name: &str,
+        expected_version: Option<i64>,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let Some(thing) = state.things.get(name) else {
+            return Ok(());
+        };
+        if let Some(expected) = expected_version.filter(|v| *v != thing.version) {
+            return Err(RegistryError::VersionConflict {
+                name: name.to_owned(),
+                expected,
+                actual: thing.version,
+            });
+        }
+        if !thing.principals.is_empty() {
+            return Err(RegistryError::DeleteConflict {
+                kind: "thing",
+                id: name.to_owned(),
+                reason: "it is still attached to one or more principals".into(),
+            });
+        }
+        state.things.remove(name);
+        self.record(|| Change::ThingRemoved {
+            name: name.to_owned(),
+        });
         Ok(())
     }
 
@@ -538,6 +686,44 @@ impl Registry {
         Ok(record)
     }
 
+    /// Deletes a policy that no certificate uses.
+    pub fn delete_policy(&self, name: &str) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        if !state.policies.contains_key(name) {
+            return Err(not_found("policy", name));
+        }
+        if state
+            .certificates
+            .values()
+            .any(|c| c.policies.contains(name))
+        {
+            return Err(RegistryError::DeleteConflict {
+                kind: "policy",
+                id: name.to_owned(),
+                reason: "the policy is attached to one or more principals".into(),
+            });
+        }
+        state.policies.remove(name);
+        self.record(|| Change::PolicyRemoved {
+            name: name.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// The policies attached to a certificate, sorted by name.
+    pub fn attached_policies(&self, cert_id: &str) -> Result<Vec<PolicyRecord>, RegistryError> {
+        let state = self.lock();
+        let cert = state
+            .certificates
+            .get(cert_id)
+            .ok_or_else(|| not_found("certificate", cert_id))?;
+        Ok(cert
+            .policies
+            .iter()
+            .filter_map(|name| state.policies.get(name).cloned())
+            .collect())
+    }
+
     pub fn policy(&self, name: &str) -> Option<PolicyRecord> {
         self.lock().policies.get(name).cloned()
     }
@@ -613,6 +799,7 @@ impl Registry {
             provisioning_role_arn: provisioning_role_arn.to_owned(),
             created_at: now,
             last_modified: now,
+            pre_provisioning_hook: None,
         };
         state.templates.insert(name.to_owned(), record.clone());
         self.record(|| Change::Template(record.clone()));
@@ -621,6 +808,47 @@ impl Registry {
 
     pub fn template(&self, name: &str) -> Option<TemplateRecord> {
         self.lock().templates.get(name).cloned()
+    }
+
+    /// Applies UpdateProvisioningTemplate (and the hook of Create).
+    pub fn update_template(
+        &self,
+        name: &str,
+        update: TemplateUpdate,
+    ) -> Result<TemplateRecord, RegistryError> {
+        let mut state = self.lock();
+        let record = state
+            .templates
+            .get_mut(name)
+            .ok_or_else(|| not_found("provisioning template", name))?;
+        if let Some(description) = update.description {
+            record.description = description;
+        }
+        if let Some(enabled) = update.enabled {
+            record.enabled = enabled;
+        }
+        if let Some(role) = update.provisioning_role_arn {
+            record.provisioning_role_arn = role;
+        }
+        if let Some(hook) = update.pre_provisioning_hook {
+            record.pre_provisioning_hook = hook;
+        }
+        record.last_modified = SystemTime::now();
+        let record = record.clone();
+        self.record(|| Change::Template(record.clone()));
+        Ok(record)
+    }
+
+    pub fn delete_template(&self, name: &str) -> Result<(), RegistryError> {
+        match self.lock().templates.remove(name) {
+            Some(_) => {
+                self.record(|| Change::TemplateRemoved {
+                    name: name.to_owned(),
+                });
+                Ok(())
+            }
+            None => Err(not_found("provisioning template", name)),
+        }
     }
 }
 

@@ -140,6 +140,7 @@ pub fn merge(reports: &[NamedReport]) -> Result<Report, MergeError> {
         slo: Vec::new(),
         passed: false,
         shard: None,
+        key_type: first.report.key_type.clone(),
     };
     merged.slo = judge_again(first, &merged)?;
     merged.passed = merged.passed();
@@ -158,6 +159,10 @@ fn check_same_run(first: &NamedReport, other: &NamedReport) -> Result<(), MergeE
     let (a, b) = (&first.report, &other.report);
     if a.run != b.run {
         return Err(mismatch("run", a.run.clone(), b.run.clone()));
+    }
+    if a.key_type != b.key_type {
+        let show = |k: &Option<String>| k.clone().unwrap_or_else(|| "unknown".into());
+        return Err(mismatch("key type", show(&a.key_type), show(&b.key_type)));
     }
     let (sa, sb) = (ShardInfo::of_report(a), ShardInfo::of_report(b));
     if (sa.count, sa.fleet_devices) != (sb.count, sb.fleet_devices) {

@@ -58,6 +58,10 @@ pub struct Report {
     /// The slice of the fleet this report covers; absent for a whole fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardInfo>,
+    /// The devices' key type (`ec_p256` or `rsa_2048`), which every
+    /// handshake signs with; set by the run, absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
 }
 
 /// Latencies in milliseconds, from the moment the step was due; `None` when
@@ -131,6 +135,7 @@ impl Report {
             passed: slo.iter().all(|verdict| verdict.passed),
             slo,
             shard: None,
+            key_type: None,
         })
     }
 
@@ -167,8 +172,16 @@ impl Report {
     fn write_header(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "run {}: {:.1} s, {} devices, {} provisioned, {} failed\n",
-            self.run, self.elapsed_seconds, self.devices, self.provisioned, self.devices_failed
+            "run {}: {:.1} s, {} devices, {} provisioned, {} failed{}\n",
+            self.run,
+            self.elapsed_seconds,
+            self.devices,
+            self.provisioned,
+            self.devices_failed,
+            self.key_type
+                .as_deref()
+                .map(|key| format!(", {key} device keys"))
+                .unwrap_or_default()
         );
     }
 

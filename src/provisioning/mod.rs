@@ -1,7 +1,8 @@
 //! The Fleet Provisioning MQTT API as both sides see it: topic names and the
-//! JSON payloads of CreateCertificateFromCsr and RegisterThing, with AWS's
-//! key names. The device and the emulator share these types, so the two can
-//! only disagree with AWS, never with each other.
+//! payloads of CreateKeysAndCertificate, CreateCertificateFromCsr and
+//! RegisterThing, with AWS's key names, in JSON or CBOR. The device and the
+//! emulator share these types, so the two can only disagree with AWS, never
+//! with each other.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,55 @@ pub mod create_from_csr {
     pub const REQUEST: &str = "$aws/certificates/create-from-csr/json";
     pub const ACCEPTED: &str = "$aws/certificates/create-from-csr/json/accepted";
     pub const REJECTED: &str = "$aws/certificates/create-from-csr/json/rejected";
+}
+
+/// The topics of CreateKeysAndCertificate in the JSON format.
+pub mod create_keys {
+    pub const REQUEST: &str = "$aws/certificates/create/json";
+    pub const ACCEPTED: &str = "$aws/certificates/create/json/accepted";
+    pub const REJECTED: &str = "$aws/certificates/create/json/rejected";
+}
+
+/// The encoding of a request and of its reply, named by the topic's last level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadFormat {
+    Json,
+    Cbor,
+}
+
+impl PayloadFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Json => "json",
+            PayloadFormat::Cbor => "cbor",
+        }
+    }
+
+    fn parse(text: &str) -> Option<PayloadFormat> {
+        match text {
+            "json" => Some(PayloadFormat::Json),
+            "cbor" => Some(PayloadFormat::Cbor),
+            _ => None,
+        }
+    }
+}
+
+/// `$aws/certificates/create/<fmt>`.
+pub fn create_keys_topic(format: PayloadFormat) -> String {
+    format!("$aws/certificates/create/{}", format.as_str())
+}
+
+/// `$aws/certificates/create-from-csr/<fmt>`.
+pub fn create_from_csr_topic(format: PayloadFormat) -> String {
+    format!("$aws/certificates/create-from-csr/{}", format.as_str())
+}
+
+/// `$aws/provisioning-templates/<template>/provision/<fmt>`.
+pub fn register_thing_topic_in(template: &str, format: PayloadFormat) -> String {
+    format!(
+        "$aws/provisioning-templates/{template}/provision/{}",
+        format.as_str()
+    )
 }
 
 /// `$aws/provisioning-templates/<template>/provision/json`.
@@ -29,26 +79,44 @@ pub fn register_thing_rejected(template: &str) -> String {
 
 /// Which API a request topic names, with the template for RegisterThing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestTopic<'a> {
+pub enum RequestApi<'a> {
+    CreateKeysAndCertificate,
     CreateCertificateFromCsr,
     RegisterThing { template: &'a str },
 }
 
+/// A request topic: the API and the payload format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTopic<'a> {
+    pub api: RequestApi<'a>,
+    pub format: PayloadFormat,
+}
+
 impl<'a> RequestTopic<'a> {
-    /// Recognises a JSON request topic; anything else is not a request.
+    /// Recognises a request topic; anything else is not a request.
     pub fn parse(topic: &'a str) -> Option<RequestTopic<'a>> {
-        if topic == create_from_csr::REQUEST {
-            return Some(RequestTopic::CreateCertificateFromCsr);
-        }
-        let rest = topic.strip_prefix("$aws/provisioning-templates/")?;
-        let template = rest.strip_suffix("/provision/json")?;
-        let valid = !template.is_empty()
-            && template.len() <= 36
-            && template
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        valid.then_some(RequestTopic::RegisterThing { template })
+        let (head, format) = topic.rsplit_once('/')?;
+        let format = PayloadFormat::parse(format)?;
+        let api = match head {
+            "$aws/certificates/create" => RequestApi::CreateKeysAndCertificate,
+            "$aws/certificates/create-from-csr" => RequestApi::CreateCertificateFromCsr,
+            _ => RequestApi::RegisterThing {
+                template: template_of(head)?,
+            },
+        };
+        Some(RequestTopic { api, format })
     }
+}
+
+fn template_of(head: &str) -> Option<&str> {
+    let rest = head.strip_prefix("$aws/provisioning-templates/")?;
+    let template = rest.strip_suffix("/provision")?;
+    let valid = !template.is_empty()
+        && template.len() <= 36
+        && template
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    valid.then_some(template)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +131,26 @@ pub struct CreateCertificateFromCsrResponse {
     pub certificate_ownership_token: String,
     pub certificate_id: String,
     pub certificate_pem: String,
+}
+
+/// The accepted reply of CreateKeysAndCertificate; the private key is sent
+/// once and never stored by the service.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateKeysAndCertificateResponse {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub private_key: String,
+    pub certificate_ownership_token: String,
+}
+
+impl std::fmt::Debug for CreateKeysAndCertificateResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateKeysAndCertificateResponse")
+            .field("certificate_id", &self.certificate_id)
+            .field("private_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,21 +205,29 @@ mod tests {
 
     #[test]
     fn request_topics_are_recognised_and_others_are_not() {
+        let api = |topic| RequestTopic::parse(topic).map(|t| (t.api, t.format));
         assert_eq!(
-            RequestTopic::parse("$aws/certificates/create-from-csr/json"),
-            Some(RequestTopic::CreateCertificateFromCsr)
+            api("$aws/certificates/create-from-csr/json"),
+            Some((RequestApi::CreateCertificateFromCsr, PayloadFormat::Json))
         );
         assert_eq!(
-            RequestTopic::parse("$aws/provisioning-templates/fleet-1/provision/json"),
-            Some(RequestTopic::RegisterThing {
-                template: "fleet-1"
-            })
+            api("$aws/certificates/create/cbor"),
+            Some((RequestApi::CreateKeysAndCertificate, PayloadFormat::Cbor))
+        );
+        assert_eq!(
+            api("$aws/provisioning-templates/fleet-1/provision/cbor"),
+            Some((
+                RequestApi::RegisterThing {
+                    template: "fleet-1"
+                },
+                PayloadFormat::Cbor
+            ))
         );
         for other in [
             "$aws/certificates/create-from-csr/json/accepted",
+            "$aws/certificates/create/xml",
             "$aws/provisioning-templates//provision/json",
             "$aws/provisioning-templates/a/b/provision/json",
-            "$aws/provisioning-templates/fleet/provision/cbor",
             "fleetsim/x/telemetry",
         ] {
             assert_eq!(RequestTopic::parse(other), None, "{other}");

@@ -184,7 +184,10 @@ fn phase(node: &Node, path: &str) -> Result<Phase, Problem> {
 
 fn provisioning(top: &Section) -> Result<Provisioning, Problem> {
     let section = child(top, "provisioning", &["method", "template"])?;
-    let methods = [("csr", ProvisioningMethod::CsrEcP256)];
+    let methods = [
+        ("csr", ProvisioningMethod::CsrEcP256),
+        ("create_keys", ProvisioningMethod::CreateKeysRsa),
+    ];
     let method = optional(&section, "method", |f| f.choice(&methods), methods[0].1)?;
     let template = optional(&section, "template", template, "fleetsim-fleet".into())?;
     Ok(Provisioning { method, template })

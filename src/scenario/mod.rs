@@ -92,6 +92,19 @@ pub struct Provisioning {
 pub enum ProvisioningMethod {
     /// CreateCertificateFromCsr with an EC P-256 key generated on the device.
     CsrEcP256,
+    /// CreateKeysAndCertificate: the server generates an RSA-2048 key and
+    /// sends it with the certificate, as AWS does.
+    CreateKeysRsa,
+}
+
+impl ProvisioningMethod {
+    /// The device key type this method produces, as the report names it.
+    pub fn key_type(self) -> &'static str {
+        match self {
+            ProvisioningMethod::CsrEcP256 => "ec_p256",
+            ProvisioningMethod::CreateKeysRsa => "rsa_2048",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -21,15 +21,15 @@ pub struct Target {
 }
 
 pub async fn configured_emulator(certificate_validity: Duration) -> Target {
-    configured(EmulatorConfig {
+    configured_emulator_with(EmulatorConfig {
         certificate_validity,
         ..EmulatorConfig::default()
     })
     .await
 }
 
-/// An emulator started with `config` and set up like `configured_emulator`.
-pub async fn configured(config: EmulatorConfig) -> Target {
+/// An emulator started with `config`, then set up like a run sets it up.
+pub async fn configured_emulator_with(config: EmulatorConfig) -> Target {
     let emulator = Emulator::start(config)
         .await
         .expect("emulator starts on loopback");
@@ -90,4 +90,9 @@ impl Target {
             .await
             .expect("claim certificate connects")
     }
+}
+
+/// An emulator started with `config` and set up like `configured_emulator`.
+pub async fn configured(config: EmulatorConfig) -> Target {
+    configured_emulator_with(config).await
 }

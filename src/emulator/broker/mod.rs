@@ -73,6 +73,9 @@ pub struct BrokerConfig {
     pub session_expiry: Duration,
     /// Topic aliases an MQTT 5 client may use (AWS: 8).
     pub topic_alias_maximum: u16,
+    /// How long after a certificate leaves ACTIVE its live connections are
+    /// closed (AWS: "within a few minutes"; default immediately).
+    pub deactivation_delay: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -88,6 +91,7 @@ impl Default for BrokerConfig {
             outbound_queue: 1024,
             session_expiry: Duration::from_secs(3600),
             topic_alias_maximum: 8,
+            deactivation_delay: Duration::ZERO,
         }
     }
 }
@@ -232,8 +236,15 @@ async fn close_deactivated(mut events: broadcast::Receiver<CertificateEvent>, sh
         };
         match event {
             Ok(CertificateEvent::Deactivated { certificate_id }) => {
-                for handle in shared.router.connections_of(&certificate_id) {
-                    handle.evict(Eviction::CertificateDeactivated);
+                let delay = shared.config.deactivation_delay;
+                if delay.is_zero() {
+                    evict_certificate(&shared, &certificate_id);
+                } else {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        evict_certificate(&shared, &certificate_id);
+                    });
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -245,6 +256,12 @@ async fn close_deactivated(mut events: broadcast::Receiver<CertificateEvent>, sh
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+fn evict_certificate(shared: &Shared, certificate_id: &str) {
+    for handle in shared.router.connections_of(certificate_id) {
+        handle.evict(Eviction::CertificateDeactivated);
     }
 }
 

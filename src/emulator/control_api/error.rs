@@ -30,6 +30,10 @@ pub(super) enum ApiError {
     #[error("{0}")]
     LimitExceeded(String),
     #[error("{0}")]
+    DeleteConflict(String),
+    #[error("{0}")]
+    VersionConflict(String),
+    #[error("{0}")]
     UnknownOperation(String),
     #[error("{0}")]
     InternalFailure(String),
@@ -45,6 +49,8 @@ impl ApiError {
             ApiError::MalformedPolicy(_) => "MalformedPolicyException",
             ApiError::CertificateState(_) => "CertificateStateException",
             ApiError::LimitExceeded(_) => "LimitExceededException",
+            ApiError::DeleteConflict(_) => "DeleteConflictException",
+            ApiError::VersionConflict(_) => "VersionConflictException",
             ApiError::UnknownOperation(_) => "UnknownOperationException",
             ApiError::InternalFailure(_) => "InternalFailureException",
         }
@@ -59,6 +65,8 @@ impl ApiError {
             ApiError::MalformedPolicy(_) => "malformed_policy",
             ApiError::CertificateState(_) => "certificate_state",
             ApiError::LimitExceeded(_) => "limit_exceeded",
+            ApiError::DeleteConflict(_) => "delete_conflict",
+            ApiError::VersionConflict(_) => "version_conflict",
             ApiError::UnknownOperation(_) => "unknown_operation",
             ApiError::InternalFailure(_) => "internal_failure",
         }
@@ -87,7 +95,9 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::MalformedPolicy(_) => StatusCode::BAD_REQUEST,
             ApiError::ResourceNotFound(_) | ApiError::UnknownOperation(_) => StatusCode::NOT_FOUND,
             ApiError::CertificateState(_) => StatusCode::NOT_ACCEPTABLE,
-            ApiError::ResourceAlreadyExists { .. } => StatusCode::CONFLICT,
+            ApiError::ResourceAlreadyExists { .. }
+            | ApiError::DeleteConflict(_)
+            | ApiError::VersionConflict(_) => StatusCode::CONFLICT,
             ApiError::LimitExceeded(_) => StatusCode::GONE,
             ApiError::InternalFailure(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +142,13 @@ impl From<RegistryError> for ApiError {
             RegistryError::InvalidTransition { .. } => ApiError::CertificateState(message),
             RegistryError::MalformedPolicy { .. } => ApiError::MalformedPolicy(message),
             RegistryError::PolicyLimit { .. } => ApiError::LimitExceeded(message),
+            RegistryError::DeleteActive { .. } => ApiError::CertificateState(message),
+            // AWS refuses to delete a thing with principals as an invalid request.
+            RegistryError::DeleteConflict { kind: "thing", .. } => {
+                ApiError::InvalidRequest(message)
+            }
+            RegistryError::DeleteConflict { .. } => ApiError::DeleteConflict(message),
+            RegistryError::VersionConflict { .. } => ApiError::VersionConflict(message),
         }
     }
 }

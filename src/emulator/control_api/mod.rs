@@ -32,6 +32,7 @@ use self::error::ApiError;
 use self::request::Call;
 use self::route::Operation;
 use super::ca::CertificateAuthority;
+use super::fleet_provisioning::keys::{KeyPool, ServerKeyType};
 use super::registry::Registry;
 
 /// Requests larger than this are refused; the largest legitimate body is a
@@ -43,8 +44,25 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct ControlApiSettings {
     /// The MQTT endpoint returned by DescribeEndpoint.
     pub endpoint_address: String,
-    /// The lifetime of certificates issued by CreateCertificateFromCsr.
+    /// The lifetime of certificates issued by CreateCertificateFromCsr and
+    /// CreateKeysAndCertificate.
     pub certificate_validity: Duration,
+    /// How long DetachThingPrincipal takes to take effect (AWS: seconds);
+    /// the call answers at once either way.
+    pub detach_propagation_delay: Duration,
+    /// The key CreateKeysAndCertificate generates.
+    pub server_key: ServerKeyType,
+}
+
+impl Default for ControlApiSettings {
+    fn default() -> Self {
+        ControlApiSettings {
+            endpoint_address: String::new(),
+            certificate_validity: Duration::from_secs(365 * 86_400),
+            detach_propagation_delay: Duration::ZERO,
+            server_key: ServerKeyType::Rsa2048,
+        }
+    }
 }
 
 /// The control-plane server.
@@ -60,6 +78,7 @@ pub struct ControlApiHandle {
 struct Service {
     registry: Arc<Registry>,
     ca: Arc<CertificateAuthority>,
+    keys: KeyPool,
     settings: ControlApiSettings,
 }
 
@@ -77,6 +96,7 @@ impl ControlApi {
         let service = Arc::new(Service {
             registry,
             ca,
+            keys: KeyPool::start(settings.server_key, 0),
             settings,
         });
         let router = Router::new().fallback(handle).with_state(service);
@@ -140,7 +160,10 @@ async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Res
     };
     span.record("operation", operation.name());
     let result = match read_body(body).await {
-        Ok(body) => Call::new(&parts, body).and_then(|call| dispatch(service, &operation, &call)),
+        Ok(body) => match Call::new(&parts, body) {
+            Ok(call) => dispatch(service, &operation, &call).await,
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     };
     // An answer never reports a change that a crash could still undo.
@@ -161,8 +184,27 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
         })
 }
 
-fn dispatch(service: &Service, operation: &Operation, call: &Call) -> Result<Value, ApiError> {
+async fn dispatch(
+    service: &Service,
+    operation: &Operation,
+    call: &Call,
+) -> Result<Value, ApiError> {
     match operation {
+        Operation::CreateKeysAndCertificate => certificates::create_keys(service, call).await,
+        Operation::DeleteCertificate { certificate_id } => {
+            certificates::delete(service, call, certificate_id)
+        }
+        Operation::ListCertificates => certificates::list(service, call),
+        Operation::DeletePolicy { policy } => policies::delete(service, policy),
+        Operation::ListAttachedPolicies { target } => {
+            policies::list_attached(service, call, target)
+        }
+        Operation::DeleteThing { thing } => things::delete(service, call, thing),
+        Operation::ListThings => things::list(service, call),
+        Operation::UpdateProvisioningTemplate { template } => {
+            templates::update(service, call, template)
+        }
+        Operation::DeleteProvisioningTemplate { template } => templates::delete(service, template),
         Operation::CreatePolicy { policy } => policies::create(service, call, policy),
         Operation::GetPolicy { policy } => policies::get(service, policy),
         Operation::AttachPolicy { policy } => policies::attach(service, call, policy),

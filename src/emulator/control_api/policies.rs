@@ -1,4 +1,5 @@
-//! CreatePolicy, GetPolicy, AttachPolicy and DetachPolicy.
+//! CreatePolicy, GetPolicy, DeletePolicy, AttachPolicy, DetachPolicy and
+//! ListAttachedPolicies.
 //!
 //! Documents are parsed by the registry on creation, so a document the
 //! broker could not evaluate is refused here with `MalformedPolicyException`.
@@ -58,6 +59,36 @@ pub(super) fn get(service: &Service, name: &str) -> Result<Value, ApiError> {
     }))
 }
 
+/// A policy still attached to a certificate cannot be deleted.
+pub(super) fn delete(service: &Service, name: &str) -> Result<Value, ApiError> {
+    service.registry.delete_policy(name)?;
+    Ok(json!({}))
+}
+
+/// The policies on a certificate (the target ARN is the path label), paged
+/// by `pageSize` and `marker`; `recursive` has nothing to add without groups.
+pub(super) fn list_attached(
+    service: &Service,
+    call: &Call,
+    target: &str,
+) -> Result<Value, ApiError> {
+    let certificate_id = certificate_of(target)?;
+    let size = super::things::page_size_named(call, "pageSize")?;
+    let policies = service.registry.attached_policies(&certificate_id)?;
+    let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+    let (page, next) = super::things::page_of(&names, call.query("marker"), size);
+    let entries: Vec<Value> = policies
+        .iter()
+        .filter(|policy| page.contains(&policy.name))
+        .map(|policy| json!({ "policyName": policy.name, "policyArn": policy.arn }))
+        .collect();
+    let mut output = json!({ "policies": entries });
+    if let Some(marker) = next {
+        output["nextMarker"] = json!(marker);
+    }
+    Ok(output)
+}
+
 pub(super) fn attach(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
     let certificate_id = target_certificate(call)?;
     service.registry.attach_policy(name, &certificate_id)?;
@@ -75,7 +106,11 @@ fn target_certificate(call: &Call) -> Result<String, ApiError> {
     let target = input
         .target
         .ok_or_else(|| ApiError::InvalidRequest("target is required".into()))?;
-    let id = Registry::certificate_id_from_arn(&target).ok_or_else(|| {
+    certificate_of(&target)
+}
+
+fn certificate_of(target: &str) -> Result<String, ApiError> {
+    let id = Registry::certificate_id_from_arn(target).ok_or_else(|| {
         ApiError::InvalidRequest(format!(
             "target {target} is not a certificate ARN; \
              the emulator attaches policies only to certificates"

@@ -26,6 +26,15 @@ pub(super) enum Operation {
     DetachThingPrincipal { thing: String },
     ListThingPrincipals { thing: String },
     DescribeEndpoint,
+    DeletePolicy { policy: String },
+    ListAttachedPolicies { target: String },
+    CreateKeysAndCertificate,
+    DeleteCertificate { certificate_id: String },
+    ListCertificates,
+    DeleteThing { thing: String },
+    ListThings,
+    UpdateProvisioningTemplate { template: String },
+    DeleteProvisioningTemplate { template: String },
 }
 
 impl Operation {
@@ -60,6 +69,23 @@ impl Operation {
                 Operation::ListThingPrincipals { thing: label(1)? }
             }
             ("GET", ["endpoint"]) => Operation::DescribeEndpoint,
+            ("DELETE", ["policies", _]) => Operation::DeletePolicy { policy: label(1)? },
+            ("POST", ["attached-policies", _]) => {
+                Operation::ListAttachedPolicies { target: label(1)? }
+            }
+            ("POST", ["keys-and-certificate"]) => Operation::CreateKeysAndCertificate,
+            ("DELETE", ["certificates", _]) => Operation::DeleteCertificate {
+                certificate_id: label(1)?,
+            },
+            ("GET", ["certificates"]) => Operation::ListCertificates,
+            ("DELETE", ["things", _]) => Operation::DeleteThing { thing: label(1)? },
+            ("GET", ["things"]) => Operation::ListThings,
+            ("PATCH", ["provisioning-templates", _]) => Operation::UpdateProvisioningTemplate {
+                template: label(1)?,
+            },
+            ("DELETE", ["provisioning-templates", _]) => Operation::DeleteProvisioningTemplate {
+                template: label(1)?,
+            },
             _ => return Err(unknown_operation(method, raw_path)),
         };
         Ok(operation)
@@ -82,6 +108,15 @@ impl Operation {
             Operation::DetachThingPrincipal { .. } => "DetachThingPrincipal",
             Operation::ListThingPrincipals { .. } => "ListThingPrincipals",
             Operation::DescribeEndpoint => "DescribeEndpoint",
+            Operation::DeletePolicy { .. } => "DeletePolicy",
+            Operation::ListAttachedPolicies { .. } => "ListAttachedPolicies",
+            Operation::CreateKeysAndCertificate => "CreateKeysAndCertificate",
+            Operation::DeleteCertificate { .. } => "DeleteCertificate",
+            Operation::ListCertificates => "ListCertificates",
+            Operation::DeleteThing { .. } => "DeleteThing",
+            Operation::ListThings => "ListThings",
+            Operation::UpdateProvisioningTemplate { .. } => "UpdateProvisioningTemplate",
+            Operation::DeleteProvisioningTemplate { .. } => "DeleteProvisioningTemplate",
         }
     }
 }
@@ -132,7 +167,7 @@ mod tests {
 
     #[test]
     fn unserved_paths_are_unknown_operations() {
-        let error = Operation::route(&Method::DELETE, "/certificates/abc").unwrap_err();
+        let error = Operation::route(&Method::DELETE, "/endpoint").unwrap_err();
 
         assert_eq!(error.code(), "UnknownOperationException");
     }

@@ -1,9 +1,10 @@
-//! DescribeThing and the thing-principal operations: attach, detach and a
-//! paged list of a thing's certificates.
+//! DescribeThing, ListThings, DeleteThing and the thing-principal
+//! operations: attach, detach (optionally with AWS's propagation delay) and
+//! a paged list of a thing's certificates.
 //!
 //! Principals travel as certificate ARNs in the `x-amzn-principal` header.
-//! A page token is the id of the last certificate returned, so paging stays
-//! stable while certificates are attached and detached between pages.
+//! A page token is the key (certificate id, thing name) of the last item
+//! returned, so paging stays stable while items come and go between pages.
 
 use serde_json::{Value, json};
 
@@ -11,7 +12,7 @@ use super::Service;
 use super::certificates::parse_certificate_id;
 use super::error::ApiError;
 use super::request::Call;
-use crate::emulator::registry::Registry;
+use crate::emulator::registry::{Registry, ThingRecord};
 
 /// Page size when the caller sends no `maxResults` [unverified: AWS's own
 /// default is not documented].
@@ -24,14 +25,81 @@ pub(super) fn describe(service: &Service, name: &str) -> Result<Value, ApiError>
         .registry
         .thing(name)
         .ok_or_else(|| ApiError::ResourceNotFound(format!("thing {name} does not exist")))?;
-    Ok(json!({
+    let mut output = json!({
         "defaultClientId": thing.name,
         "thingName": thing.name,
         "thingId": thing.id,
         "thingArn": thing.arn,
         "attributes": thing.attributes,
         "version": thing.version,
-    }))
+    });
+    if let Some(thing_type) = &thing.thing_type {
+        output["thingTypeName"] = json!(thing_type);
+    }
+    Ok(output)
+}
+
+/// Deleting a missing thing succeeds, as on AWS.
+pub(super) fn delete(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
+    let expected = call
+        .query("expectedVersion")
+        .map(|text| {
+            text.parse::<i64>().map_err(|_| {
+                ApiError::InvalidRequest(format!("expectedVersion {text} is not a number"))
+            })
+        })
+        .transpose()?;
+    service.registry.delete_thing(name, expected)?;
+    Ok(json!({}))
+}
+
+/// Things in name order, filtered by `attributeName`/`attributeValue` and
+/// `thingTypeName`, paged by `maxResults` and `nextToken`.
+pub(super) fn list(service: &Service, call: &Call) -> Result<Value, ApiError> {
+    let size = page_size(call.query("maxResults"))?;
+    let after = call.query("nextToken").map(str::to_owned);
+    let mut things: Vec<ThingRecord> = service
+        .registry
+        .things()
+        .into_iter()
+        .filter(|thing| list_filter(call, thing))
+        .collect();
+    things.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<String> = things.iter().map(|t| t.name.clone()).collect();
+    let (page, next) = page_of(&names, after.as_deref(), size);
+    let entries: Vec<Value> = things
+        .iter()
+        .filter(|thing| page.contains(&thing.name))
+        .map(|thing| {
+            let mut entry = json!({
+                "thingName": thing.name,
+                "thingArn": thing.arn,
+                "attributes": thing.attributes,
+                "version": thing.version,
+            });
+            if let Some(thing_type) = &thing.thing_type {
+                entry["thingTypeName"] = json!(thing_type);
+            }
+            entry
+        })
+        .collect();
+    let mut output = json!({ "things": entries });
+    if let Some(token) = next {
+        output["nextToken"] = json!(token);
+    }
+    Ok(output)
+}
+
+fn list_filter(call: &Call, thing: &ThingRecord) -> bool {
+    let by_type = call
+        .query("thingTypeName")
+        .is_none_or(|wanted| thing.thing_type.as_deref() == Some(wanted));
+    let by_attribute = match (call.query("attributeName"), call.query("attributeValue")) {
+        (Some(name), Some(value)) => thing.attributes.get(name).map(String::as_str) == Some(value),
+        (Some(name), None) => thing.attributes.contains_key(name),
+        _ => true,
+    };
+    by_type && by_attribute
 }
 
 pub(super) fn attach_principal(
@@ -57,9 +125,25 @@ pub(super) fn detach_principal(
     thing: &str,
 ) -> Result<Value, ApiError> {
     let certificate_id = principal_certificate(call)?;
-    service
-        .registry
-        .detach_thing_principal(thing, &certificate_id)?;
+    let delay = service.settings.detach_propagation_delay;
+    if delay.is_zero() {
+        service
+            .registry
+            .detach_thing_principal(thing, &certificate_id)?;
+        return Ok(json!({}));
+    }
+    if service.registry.thing(thing).is_none() {
+        return Err(ApiError::ResourceNotFound(format!(
+            "thing {thing} does not exist"
+        )));
+    }
+    // AWS answers at once and detaches "within several seconds".
+    let registry = std::sync::Arc::clone(&service.registry);
+    let thing = thing.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = registry.detach_thing_principal(&thing, &certificate_id);
+    });
     Ok(json!({}))
 }
 
@@ -85,7 +169,7 @@ pub(super) fn list_principals(
 
 /// The page after `after` in the sorted ids, and the token for the next
 /// page when more remain.
-fn page_of<'a>(
+pub(super) fn page_of<'a>(
     ids: &'a [String],
     after: Option<&str>,
     size: usize,
@@ -97,6 +181,13 @@ fn page_of<'a>(
         .then(|| page.last().map(String::as_str))
         .flatten();
     (page, next)
+}
+
+/// A page size under another query name (`pageSize` for certificates and policies).
+pub(super) fn page_size_named(call: &Call, name: &str) -> Result<usize, ApiError> {
+    page_size(call.query(name)).map_err(|_| {
+        ApiError::InvalidRequest(format!("{name} must be between 1 and {MAX_PAGE_SIZE}"))
+    })
 }
 
 fn page_size(text: Option<&str>) -> Result<usize, ApiError> {
@@ -111,7 +202,7 @@ fn page_size(text: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-fn page_token(text: &str) -> Result<String, ApiError> {
+pub(super) fn page_token(text: &str) -> Result<String, ApiError> {
     parse_certificate_id(text).map_err(|_| {
         ApiError::InvalidRequest(format!("nextToken {text} was not issued by this service"))
     })

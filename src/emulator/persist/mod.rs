@@ -50,8 +50,11 @@ pub enum Change {
     Certificate(CertificateRecord),
     CertificateRemoved { id: String },
     Thing(ThingRecord),
+    ThingRemoved { name: String },
     Policy(StoredPolicy),
+    PolicyRemoved { name: String },
     Template(TemplateRecord),
+    TemplateRemoved { name: String },
 }
 
 /// A policy as stored: the document is parsed again when it is loaded.
@@ -317,8 +320,11 @@ impl Tables {
             Change::Certificate(c) => _ = self.certificates.insert(c.id.clone(), c),
             Change::CertificateRemoved { id } => _ = self.certificates.remove(&id),
             Change::Thing(t) => _ = self.things.insert(t.name.clone(), t),
+            Change::ThingRemoved { name } => _ = self.things.remove(&name),
             Change::Policy(p) => _ = self.policies.insert(p.name.clone(), p),
+            Change::PolicyRemoved { name } => _ = self.policies.remove(&name),
             Change::Template(t) => _ = self.templates.insert(t.name.clone(), t),
+            Change::TemplateRemoved { name } => _ = self.templates.remove(&name),
         }
     }
 }

@@ -5,9 +5,11 @@
 mod intrinsic;
 mod resources;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
+
+pub use crate::emulator::registry::ThingProperties;
 
 use intrinsic::Scope;
 use resources::Resource;
@@ -97,6 +99,105 @@ pub struct ThingPlan {
     pub name: String,
     pub attributes: BTreeMap<String, String>,
     pub attributes_override: Override,
+    /// `ThingTypeName`; `None` when the template does not set one.
+    pub thing_type: Option<String>,
+    pub thing_type_override: Override,
+    /// `ThingGroups`; `None` when the template does not name any.
+    pub groups: Option<BTreeSet<String>>,
+    pub groups_override: Override,
+}
+
+/// Which property of an existing thing a `FAIL` override refused to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverrideConflict(pub &'static str);
+
+impl ThingPlan {
+    /// The thing's properties after provisioning: the template's values for
+    /// a new thing; for an existing one, each property as its
+    /// `OverrideSettings` says (`DO_NOTHING` keeps it, `REPLACE` takes the
+    /// template's, `MERGE` adds the template's attributes or groups to the
+    /// existing ones, `FAIL` refuses any change).
+    pub fn resolve(
+        &self,
+        existing: Option<&ThingProperties>,
+    ) -> Result<ThingProperties, OverrideConflict> {
+        let wanted = ThingProperties {
+            attributes: self.attributes.clone(),
+            thing_type: self.thing_type.clone(),
+            groups: self.groups.clone().unwrap_or_default(),
+        };
+        let Some(existing) = existing else {
+            return Ok(wanted);
+        };
+        Ok(ThingProperties {
+            attributes: resolve_map(
+                &existing.attributes,
+                &wanted.attributes,
+                self.attributes_override,
+                "AttributePayload",
+            )?,
+            thing_type: match self.thing_type {
+                None => existing.thing_type.clone(),
+                Some(_) => resolve_value(
+                    &existing.thing_type,
+                    &wanted.thing_type,
+                    self.thing_type_override,
+                    "ThingTypeName",
+                )?,
+            },
+            groups: match self.groups {
+                None => existing.groups.clone(),
+                Some(_) => resolve_set(
+                    &existing.groups,
+                    &wanted.groups,
+                    self.groups_override,
+                    "ThingGroups",
+                )?,
+            },
+        })
+    }
+}
+
+fn resolve_value<T: Clone + PartialEq>(
+    existing: &T,
+    wanted: &T,
+    setting: Override,
+    field: &'static str,
+) -> Result<T, OverrideConflict> {
+    match setting {
+        Override::DoNothing => Ok(existing.clone()),
+        Override::Replace | Override::Merge => Ok(wanted.clone()),
+        Override::Fail if existing == wanted => Ok(existing.clone()),
+        Override::Fail => Err(OverrideConflict(field)),
+    }
+}
+
+fn resolve_map(
+    existing: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+    setting: Override,
+    field: &'static str,
+) -> Result<BTreeMap<String, String>, OverrideConflict> {
+    match setting {
+        Override::Merge => {
+            let mut merged = existing.clone();
+            merged.extend(wanted.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(merged)
+        }
+        other => resolve_value(existing, wanted, other, field),
+    }
+}
+
+fn resolve_set(
+    existing: &BTreeSet<String>,
+    wanted: &BTreeSet<String>,
+    setting: Override,
+    field: &'static str,
+) -> Result<BTreeSet<String>, OverrideConflict> {
+    match setting {
+        Override::Merge => Ok(existing.union(wanted).cloned().collect()),
+        other => resolve_value(existing, wanted, other, field),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

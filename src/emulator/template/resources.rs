@@ -1,7 +1,9 @@
 //! The resource types a fleet provisioning template may declare (thing, certificate,
 //! policy): their static shape, checked at parse time, and their evaluation into a [`Plan`].
+//! Names follow the registry's rules (thing, thing type and thing group names are
+//! `^[a-zA-Z0-9:_-]{1,128}$`), so a bad name fails the request, not a later lookup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -24,6 +26,10 @@ enum Kind {
         name: Value,
         attributes: Option<Value>,
         attributes_override: Override,
+        thing_type: Option<Value>,
+        thing_type_override: Override,
+        groups: Option<Value>,
+        groups_override: Override,
     },
     Certificate {
         id: Value,
@@ -110,17 +116,23 @@ impl Resource {
     /// The static pass over this resource's expressions.
     pub(super) fn check(&self, scope: &Scope<'_>) -> Result<(), TemplateError> {
         let at = format!("Resources.{}.Properties", self.id);
-        let fields: [(&str, Option<&Value>); 2] = match &self.kind {
+        let fields: Vec<(&str, Option<&Value>)> = match &self.kind {
             Kind::Thing {
-                name, attributes, ..
-            } => [
+                name,
+                attributes,
+                thing_type,
+                groups,
+                ..
+            } => vec![
                 ("ThingName", Some(name)),
                 ("AttributePayload", attributes.as_ref()),
+                ("ThingTypeName", thing_type.as_ref()),
+                ("ThingGroups", groups.as_ref()),
             ],
             Kind::Certificate { id, status } => {
-                [("CertificateId", Some(id)), ("Status", status.as_ref())]
+                vec![("CertificateId", Some(id)), ("Status", status.as_ref())]
             }
-            Kind::Policy { name, document } => [
+            Kind::Policy { name, document } => vec![
                 ("PolicyName", name.as_ref()),
                 ("PolicyDocument", document.as_ref()),
             ],
@@ -139,11 +151,26 @@ impl Resource {
                 name,
                 attributes,
                 attributes_override,
+                thing_type,
+                thing_type_override,
+                groups,
+                groups_override,
             } => {
+                let type_at = format!("{at}.ThingTypeName");
                 plan.thing = Some(ThingPlan {
-                    name: thing_name(scope, name, &format!("{at}.ThingName"))?,
+                    name: registry_name(scope, name, &format!("{at}.ThingName"), "thing")?,
                     attributes: attribute_payload(scope, attributes.as_ref(), &at)?,
                     attributes_override: *attributes_override,
+                    thing_type: thing_type
+                        .as_ref()
+                        .map(|value| registry_name(scope, value, &type_at, "thing type"))
+                        .transpose()?,
+                    thing_type_override: *thing_type_override,
+                    groups: groups
+                        .as_ref()
+                        .map(|value| thing_groups(scope, value, &format!("{at}.ThingGroups")))
+                        .transpose()?,
+                    groups_override: *groups_override,
                 });
             }
             Kind::Certificate { id, status } => {
@@ -182,12 +209,17 @@ fn parse_thing(
 ) -> Result<Kind, TemplateError> {
     refuse_unknown(
         properties,
-        &["ThingName", "AttributePayload"],
+        &[
+            "ThingName",
+            "AttributePayload",
+            "ThingTypeName",
+            "ThingGroups",
+        ],
         &format!("{at}.Properties"),
     )?;
     refuse_unknown(
         overrides,
-        &["AttributePayload"],
+        &["AttributePayload", "ThingTypeName", "ThingGroups"],
         &format!("{at}.OverrideSettings"),
     )?;
     let name = properties
@@ -204,15 +236,35 @@ fn parse_thing(
             ));
         }
     }
-    let attributes_override = match overrides.get("AttributePayload") {
-        Some(value) => parse_override(value, &format!("{at}.OverrideSettings.AttributePayload"))?,
-        None => Override::default(),
-    };
     Ok(Kind::Thing {
         name: name.clone(),
         attributes: attributes.cloned(),
-        attributes_override,
+        attributes_override: thing_override(overrides, "AttributePayload", at)?,
+        thing_type: properties.get("ThingTypeName").cloned(),
+        thing_type_override: thing_override(overrides, "ThingTypeName", at)?,
+        groups: properties.get("ThingGroups").cloned(),
+        groups_override: thing_override(overrides, "ThingGroups", at)?,
     })
+}
+
+/// `MERGE` exists only for attributes and groups; a thing type is one value.
+fn thing_override(
+    overrides: &Map<String, Value>,
+    field: &str,
+    at: &str,
+) -> Result<Override, TemplateError> {
+    let at = format!("{at}.OverrideSettings.{field}");
+    let setting = match overrides.get(field) {
+        Some(value) => parse_override(value, &at)?,
+        None => return Ok(Override::default()),
+    };
+    if setting == Override::Merge && field == "ThingTypeName" {
+        return Err(TemplateError::malformed(
+            at,
+            "MERGE applies only to AttributePayload and ThingGroups",
+        ));
+    }
+    Ok(setting)
 }
 
 fn parse_override(value: &Value, at: &str) -> Result<Override, TemplateError> {
@@ -284,17 +336,50 @@ fn parse_policy(
     Ok(Kind::Policy { name, document })
 }
 
-/// Thing names follow the registry's rule `^[a-zA-Z0-9:_-]{1,128}$`.
-fn thing_name(scope: &Scope<'_>, value: &Value, at: &str) -> Result<String, TemplateError> {
+/// Thing, thing type and thing group names follow `^[a-zA-Z0-9:_-]{1,128}$`.
+fn registry_name(
+    scope: &Scope<'_>,
+    value: &Value,
+    at: &str,
+    kind: &str,
+) -> Result<String, TemplateError> {
     let name = scope.string(value, at)?;
+    check_registry_name(&name, at, kind)?;
+    Ok(name)
+}
+
+fn check_registry_name(name: &str, at: &str, kind: &str) -> Result<(), TemplateError> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-');
     match (1..=128).contains(&name.len()) && name.chars().all(valid_char) {
-        true => Ok(name),
+        true => Ok(()),
         false => Err(TemplateError::evaluation(
             at,
-            format!("`{name}` is not a valid thing name"),
+            format!("`{name}` is not a valid {kind} name"),
         )),
     }
+}
+
+/// `ThingGroups`: a list of group names, literal or computed (`Fn::Split`).
+fn thing_groups(
+    scope: &Scope<'_>,
+    value: &Value,
+    at: &str,
+) -> Result<BTreeSet<String>, TemplateError> {
+    let Value::Array(items) = scope.evaluate(value, at)? else {
+        return Err(TemplateError::evaluation(
+            at,
+            "must be a list of thing group names",
+        ));
+    };
+    let name = |(index, item): (usize, Value)| {
+        let item_at = format!("{at}[{index}]");
+        let Value::String(name) = item else {
+            return Err(TemplateError::evaluation(item_at, "must be a string"));
+        };
+        check_registry_name(&name, &item_at, "thing group")?;
+        Ok(name)
+    };
+    items.into_iter().enumerate().map(name).collect()
 }
 
 fn attribute_payload(
