@@ -288,3 +288,25 @@ async fn an_unknown_certificate_is_refused_at_the_handshake() {
         .expect_err("refused");
     assert_eq!(refused.reason, FailureReason::TlsRefused, "{refused}");
 }
+
+#[tokio::test]
+async fn the_claim_certificate_outlives_short_device_certificates() {
+    // Device certificates last 3 s here, as on a compressed clock; the claim
+    // comes from the control plane, which issues until 2049 as AWS does, so
+    // devices arriving late in a long run can still provision.
+    let target = configured_emulator(Duration::from_secs(3)).await;
+    let claim = target.claim().info().unwrap();
+    let year = Duration::from_secs(365 * 86_400);
+    assert!(claim.not_after > std::time::SystemTime::now() + year);
+    let (_, device) = provision(&target, "SN-LATE").await;
+    let lifetime = device
+        .info()
+        .unwrap()
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        lifetime <= Duration::from_secs(3),
+        "devices keep the compressed validity"
+    );
+}

@@ -142,7 +142,7 @@ impl Emulator {
         })?;
         let settings = ControlApiSettings {
             endpoint_address: broker.local_addr().to_string(),
-            certificate_validity: config.certificate_validity,
+            certificate_validity: control_api::aws_certificate_validity(),
             detach_propagation_delay: config.detach_propagation_delay,
             server_key: config.server_key,
         };

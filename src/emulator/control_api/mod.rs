@@ -54,11 +54,22 @@ pub struct ControlApiSettings {
     pub server_key: ServerKeyType,
 }
 
+/// AWS's control plane issues certificates that expire at
+/// 2049-12-31T23:59:59Z [aws-iot-facts §4.1]; only certificates issued over
+/// Fleet Provisioning follow the emulator's (compressed) validity. A claim
+/// certificate made through the control plane must outlive every arrival.
+pub fn aws_certificate_validity() -> Duration {
+    const END_OF_2049: u64 = 2_524_607_999;
+    let end = std::time::UNIX_EPOCH + Duration::from_secs(END_OF_2049);
+    end.duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::from_secs(365 * 86_400))
+}
+
 impl Default for ControlApiSettings {
     fn default() -> Self {
         ControlApiSettings {
             endpoint_address: String::new(),
-            certificate_validity: Duration::from_secs(365 * 86_400),
+            certificate_validity: aws_certificate_validity(),
             detach_propagation_delay: Duration::ZERO,
             server_key: ServerKeyType::Rsa2048,
         }
