@@ -248,6 +248,14 @@ async fn a_run_passes_promtool_check_metrics_and_has_every_series_the_dashboards
         "no lint: {checked:?}"
     );
     check_dashboard_queries(&of_run(exposition_series(&text), name), name);
+    for api in [
+        "register_thing",
+        "create_certificate_from_csr",
+        "CreatePolicy",
+    ] {
+        let series = format!("fleetsim_emulator_request_duration_seconds_count{{api=\"{api}\"}}");
+        assert!(text.contains(&series), "the emulator times {api}");
+    }
 }
 
 // ---- a real Prometheus ----

@@ -256,6 +256,12 @@ fn describe_objectives() {
 /// Help text for the embedded emulator's metrics, which it records by name
 /// where the events happen; described here because a description belongs to
 /// the exporter, and a series without one fails `promtool check metrics`.
+/// How long the emulator takes to answer a request, by API: the
+/// control-plane operation name, or the Fleet Provisioning API
+/// (`create_certificate_from_csr`, `create_keys_and_certificate`,
+/// `register_thing`), from the request to the answer being ready.
+pub const EMULATOR_REQUEST_DURATION: &str = "fleetsim_emulator_request_duration_seconds";
+
 const EMULATOR_METRICS: [(&str, &str); 10] = [
     (
         "fleetsim_emulator_connections",
@@ -300,6 +306,11 @@ const EMULATOR_METRICS: [(&str, &str); 10] = [
 ];
 
 fn describe_emulator() {
+    ::metrics::describe_histogram!(
+        EMULATOR_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time the emulator takes to answer a control-plane or Fleet Provisioning request, by API."
+    );
     for (name, help) in EMULATOR_METRICS {
         if name == "fleetsim_emulator_connections" {
             ::metrics::describe_gauge!(name, Unit::Count, help);

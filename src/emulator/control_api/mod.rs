@@ -164,6 +164,7 @@ async fn handle(State(service): State<Arc<Service>>, request: Request) -> Respon
 }
 
 async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Response {
+    let started = tokio::time::Instant::now();
     let (parts, body) = request.into_parts();
     let operation = match Operation::route(&parts.method, parts.uri.path()) {
         Ok(operation) => operation,
@@ -182,6 +183,11 @@ async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Res
         (Ok(_), Err(error)) => Err(ApiError::InternalFailure(error.to_string())),
         (result, _) => result,
     };
+    metrics::histogram!(
+        crate::observe::metrics::EMULATOR_REQUEST_DURATION,
+        "api" => operation.name(),
+    )
+    .record(started.elapsed().as_secs_f64());
     finish(operation.name(), result)
 }
 

@@ -129,6 +129,7 @@ impl FleetProvisioning {
     /// an ordinary message.
     pub async fn handle_publish(&self, peer: &Peer, topic: &str, payload: &[u8]) -> Option<Reply> {
         let request = RequestTopic::parse(topic)?;
+        let started = tokio::time::Instant::now();
         let format = request.format;
         let (api, outcome) = match request.api {
             RequestApi::CreateKeysAndCertificate => (
@@ -153,6 +154,8 @@ impl FleetProvisioning {
         metrics::counter!("fleetsim_emulator_provisioning_requests_total",
             "api" => api, "outcome" => label)
         .increment(1);
+        metrics::histogram!(crate::observe::metrics::EMULATOR_REQUEST_DURATION, "api" => api)
+            .record(started.elapsed().as_secs_f64());
         let payload = outcome.unwrap_or_else(|error| {
             tracing::debug!(client_id = %peer.client_id, api, error = %error, "provisioning rejected");
             format::encode(format, &error)
