@@ -510,3 +510,55 @@ async fn detach_thing_principal_takes_effect_after_the_propagation_delay() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!registry.is_attached("t1", &id));
 }
+
+#[tokio::test]
+async fn attach_and_detach_policy_take_effect_after_the_policy_propagation_delay() {
+    let target = configured_emulator_with(EmulatorConfig {
+        policy_propagation_delay: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let (id, arn, _) = keys_and_certificate(&target, false).await;
+    let registry = target.emulator.registry();
+    let client = target.control.client();
+    let attached = |registry: &fleetsim::emulator::registry::Registry| {
+        registry
+            .certificate(&id)
+            .unwrap()
+            .policies
+            .contains("fleetsim-device")
+    };
+
+    client
+        .attach_policy()
+        .policy_name("fleetsim-device")
+        .target(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(!attached(registry), "not yet propagated");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(attached(registry));
+
+    client
+        .detach_policy()
+        .policy_name("fleetsim-device")
+        .target(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        attached(registry),
+        "the detach is not yet propagated either"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!attached(registry));
+
+    let unknown = client
+        .attach_policy()
+        .policy_name("no-such-policy")
+        .target(&arn)
+        .send()
+        .await;
+    assert!(unknown.is_err(), "an unknown policy is refused at once");
+}

@@ -58,6 +58,9 @@ pub struct EmulatorConfig {
     pub hooks: Arc<HookRegistry>,
     /// Delay before DetachThingPrincipal takes effect (AWS: seconds; default none).
     pub detach_propagation_delay: Duration,
+    /// Delay before AttachPolicy and DetachPolicy take effect, like AWS's
+    /// policy cache (AWS: 6 to 8 minutes; default none).
+    pub policy_propagation_delay: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -74,6 +77,7 @@ impl Default for EmulatorConfig {
             key_pool_size: 0,
             hooks: Arc::default(),
             detach_propagation_delay: Duration::ZERO,
+            policy_propagation_delay: Duration::ZERO,
         }
     }
 }
@@ -144,6 +148,7 @@ impl Emulator {
             endpoint_address: broker.local_addr().to_string(),
             certificate_validity: control_api::aws_certificate_validity(),
             detach_propagation_delay: config.detach_propagation_delay,
+            policy_propagation_delay: config.policy_propagation_delay,
             server_key: config.server_key,
         };
         let control = ControlApi::start(

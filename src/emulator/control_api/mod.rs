@@ -50,6 +50,9 @@ pub struct ControlApiSettings {
     /// How long DetachThingPrincipal takes to take effect (AWS: seconds);
     /// the call answers at once either way.
     pub detach_propagation_delay: Duration,
+    /// How long AttachPolicy and DetachPolicy take to take effect (AWS's
+    /// policy cache); the call answers at once either way.
+    pub policy_propagation_delay: Duration,
     /// The key CreateKeysAndCertificate generates.
     pub server_key: ServerKeyType,
 }
@@ -71,6 +74,7 @@ impl Default for ControlApiSettings {
             endpoint_address: String::new(),
             certificate_validity: aws_certificate_validity(),
             detach_propagation_delay: Duration::ZERO,
+            policy_propagation_delay: Duration::ZERO,
             server_key: ServerKeyType::Rsa2048,
         }
     }

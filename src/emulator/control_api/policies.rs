@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Service;
 use super::error::ApiError;
 use super::request::{Call, epoch_seconds};
-use crate::emulator::registry::Registry;
+use crate::emulator::registry::{Registry, RegistryError};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,13 +91,44 @@ pub(super) fn list_attached(
 
 pub(super) fn attach(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
     let certificate_id = target_certificate(call)?;
-    service.registry.attach_policy(name, &certificate_id)?;
-    Ok(json!({}))
+    propagate(service, name, certificate_id, Registry::attach_policy)
 }
 
 pub(super) fn detach(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
     let certificate_id = target_certificate(call)?;
-    service.registry.detach_policy(name, &certificate_id)?;
+    propagate(service, name, certificate_id, Registry::detach_policy)
+}
+
+/// Applies a policy attachment change now, or, with a policy propagation
+/// delay, answers at once and applies it later, as AWS's policy cache
+/// does. The policy and certificate are checked before answering either way.
+fn propagate(
+    service: &Service,
+    name: &str,
+    certificate_id: String,
+    change: fn(&Registry, &str, &str) -> Result<(), RegistryError>,
+) -> Result<Value, ApiError> {
+    let delay = service.settings.policy_propagation_delay;
+    if delay.is_zero() {
+        change(&service.registry, name, &certificate_id)?;
+        return Ok(json!({}));
+    }
+    if service.registry.policy(name).is_none() {
+        return Err(ApiError::ResourceNotFound(format!(
+            "policy {name} does not exist"
+        )));
+    }
+    if service.registry.certificate(&certificate_id).is_none() {
+        return Err(ApiError::ResourceNotFound(format!(
+            "certificate {certificate_id} does not exist"
+        )));
+    }
+    let registry = std::sync::Arc::clone(&service.registry);
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = change(&registry, &name, &certificate_id);
+    });
     Ok(json!({}))
 }
 
