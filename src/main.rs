@@ -117,6 +117,15 @@ struct EmulatorArgs {
     /// template (defaults to the copies built into fleetsim).
     #[arg(long)]
     policies: Option<PathBuf>,
+    /// Serve the web console's registry view on this address (127.0.0.1:8080
+    /// when no address is given). Access needs FLEETSIM_CONSOLE_TOKEN, or the
+    /// random token printed at start.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = fleetsim::console::DEFAULT_ADDR)]
+    console: Option<SocketAddr>,
+    /// Let anyone who can reach the console use it, without a token
+    /// (loopback addresses only).
+    #[arg(long, requires = "console")]
+    console_no_auth: bool,
 }
 
 fn parse_validity(text: &str) -> Result<Duration, String> {
@@ -315,6 +324,14 @@ fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
 }
 
 fn standalone(args: EmulatorArgs) -> ExitCode {
+    let console = match args
+        .console
+        .map(|addr| console_options(addr, args.console_no_auth))
+    {
+        Some(Err(code)) => return code,
+        Some(Ok(options)) => Some(options),
+        None => None,
+    };
     let options = StandaloneOptions {
         bind: args.bind,
         mqtt_port: args.mqtt_port,
@@ -337,11 +354,43 @@ fn standalone(args: EmulatorArgs) -> ExitCode {
             }
         };
         println!("{}", emulator.describe());
+        let console = match console {
+            Some(options) => match registry_console(&options, &emulator).await {
+                Ok(handle) => Some(handle),
+                Err(code) => return code,
+            },
+            None => None,
+        };
         wait_for_stop_signal().await;
         tracing::info!("stopping the emulator");
+        if let Some(console) = console {
+            console.shutdown().await;
+        }
         emulator.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// The console of a standalone emulator: its registry, nothing else (there
+/// is no fleet and no hands-on context beside it).
+async fn registry_console(
+    options: &ConsoleOptions,
+    emulator: &Standalone,
+) -> Result<fleetsim::console::ConsoleHandle, ExitCode> {
+    let sources = fleetsim::console::ConsoleSources {
+        fleet: None,
+        registry: Some(std::sync::Arc::clone(emulator.emulator().registry())),
+        metrics: None,
+        hands_on: None,
+    };
+    let handle = fleetsim::console::start(options.addr, options.access.clone(), sources)
+        .await
+        .map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CANNOT_START)
+        })?;
+    fleetsim::run::announce_console(options, handle.local_addr());
+    Ok(handle)
 }
 
 /// Ctrl-C or SIGTERM, whichever comes first.

@@ -238,7 +238,8 @@ async fn start_console(
     Ok((handle, hands_on_stop))
 }
 
-fn announce_console(options: &ConsoleOptions, addr: SocketAddr) {
+/// Tells the person who started the console where it is and how to get in.
+pub fn announce_console(options: &ConsoleOptions, addr: SocketAddr) {
     match (&options.access, options.print_token) {
         (Access::Token(token), true) => eprintln!("console: http://{addr}/#token={token}"),
         (Access::Token(_), false) => {

@@ -65,7 +65,29 @@ pub(super) fn registry_json(registry: &Registry) -> Value {
         "things": registry.thing_count(),
         "certificates": registry.certificate_count(),
         "certificates_by_status": by_status,
+        "thing_list": thing_list(registry),
     })
+}
+
+/// How many things the registry view lists, by name.
+const LISTED_THINGS: usize = 100;
+
+/// The first things by name, each with its certificates and their status.
+fn thing_list(registry: &Registry) -> Vec<Value> {
+    let mut things = registry.things();
+    things.sort_by(|a, b| a.name.cmp(&b.name));
+    let principal = |id: &String| {
+        let status = registry.certificate_status(id).map(|s| s.as_str());
+        json!({ "id": id, "status": status })
+    };
+    things
+        .iter()
+        .take(LISTED_THINGS)
+        .map(|thing| {
+            let certificates: Vec<Value> = thing.principals.iter().map(principal).collect();
+            json!({ "name": thing.name, "certificates": certificates })
+        })
+        .collect()
 }
 
 fn timestamp(time: SystemTime) -> String {
