@@ -4,7 +4,7 @@
 //! A missing tool fails the test (never skips it): `.ci/run` installs them.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
