@@ -3,53 +3,23 @@
 //! `fleetsim report merge` sums their counts and reads its percentiles from
 //! the combined samples.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use fleetsim::control::ControlPlane;
 use fleetsim::observe::{Op, Report};
 use fleetsim::standalone::EmulatorInfo;
+use support::standalone::StandaloneProcess;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_fleetsim");
 const FLEET: u64 = 30;
 const SHARDS: u32 = 3;
 
-/// `fleetsim emulator` on free ports; killed when dropped.
-struct Emulator(Child);
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_emulator(state: &Path) -> (Emulator, EmulatorInfo) {
-    let mut child = Command::new(BINARY)
-        .args(["emulator", "--mqtt-port", "0", "--control-port", "0"])
-        .args(["--certificate-validity", "5s", "--state-dir"])
-        .arg(state)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (ready_tx, ready) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("fleetsim emulator ready") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    let emulator = Emulator(child);
-    ready
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the emulator is ready");
-    let info = EmulatorInfo::load(state).expect("emulator.json is written");
+fn start_emulator(state: &Path) -> (StandaloneProcess, EmulatorInfo) {
+    let emulator = StandaloneProcess::start(state, "5s");
+    let info = emulator.info.clone();
     (emulator, info)
 }
 

@@ -2,89 +2,18 @@
 //! claim against it, its identity survives a crash and a restart (and a revoked one stays
 //! refused), and `fleetsim run --emulator` aims a fleet at it.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use fleetsim::control::ControlPlane;
 use fleetsim::standalone::EmulatorInfo;
 use serde_json::Value;
+use support::standalone::StandaloneProcess;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_fleetsim");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/claim_client.py");
-const STARTUP: Duration = Duration::from_secs(30);
-
-/// A `fleetsim emulator` process on free loopback ports.
-struct StandaloneProcess {
-    child: Child,
-    info: EmulatorInfo,
-}
-
-impl StandaloneProcess {
-    fn start(state_dir: &Path, validity: &str) -> StandaloneProcess {
-        let mut child = Command::new(BINARY)
-            .args(["emulator", "--mqtt-port", "0", "--control-port", "0"])
-            .args(["--certificate-validity", validity, "--state-dir"])
-            .arg(state_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the binary runs");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("fleetsim emulator ready") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready
-            .recv_timeout(STARTUP)
-            .expect("the emulator says it is ready");
-        let info = EmulatorInfo::load(state_dir).expect("emulator.json is written");
-        StandaloneProcess { child, info }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        signal(&self.child, "-TERM");
-        wait(&mut self.child)
-    }
-
-    /// SIGKILL: the crash the state directory must survive.
-    fn crash(mut self) {
-        signal(&self.child, "-KILL");
-        wait(&mut self.child);
-    }
-}
-
-impl Drop for StandaloneProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([name, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-fn wait(child: &mut Child) -> std::process::ExitStatus {
-    for _ in 0..200 {
-        if let Some(status) = child.try_wait().expect("wait on the emulator") {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the emulator did not exit within 10 s");
-}
 
 /// Fails (never skips) when the Python client's packages are missing: `.ci/run` installs them.
 fn python(args: &[&str]) -> Output {

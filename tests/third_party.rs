@@ -3,27 +3,27 @@
 //! control plane. Devices provision by claim with the paho-mqtt client of tests/python.
 //! A missing tool fails the test (never skips it): `.ci/run` installs them.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
 use fleetsim::control::ControlPlane;
 use fleetsim::standalone::EmulatorInfo;
 use serde_json::Value;
+use support::standalone::StandaloneProcess;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_fleetsim");
 const CLAIM_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/claim_client.py");
 const BOTO3_CLIENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/third_party/boto3_control.py"
 );
-const STARTUP: Duration = Duration::from_secs(30);
 
 /// A `fleetsim emulator` process on free loopback ports, killed on drop.
 struct Emulator {
-    child: Child,
+    /// Kept for its drop, which stops the process.
+    _process: StandaloneProcess,
     info: EmulatorInfo,
     state: PathBuf,
     _dir: tempfile::TempDir,
@@ -33,36 +33,10 @@ impl Emulator {
     fn start() -> Emulator {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let mut child = Command::new(BINARY)
-            .args([
-                "emulator",
-                "--mqtt-port",
-                "0",
-                "--control-port",
-                "0",
-                "--state-dir",
-            ])
-            .arg(&state)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the binary runs");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("fleetsim emulator ready") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready
-            .recv_timeout(STARTUP)
-            .expect("the emulator says it is ready");
-        let info = EmulatorInfo::load(&state).expect("emulator.json is written");
+        let process = StandaloneProcess::start(&state, "365d");
         Emulator {
-            child,
-            info,
+            info: process.info.clone(),
+            _process: process,
             state,
             _dir: dir,
         }
@@ -116,13 +90,6 @@ impl Emulator {
 
     fn control(&self) -> ControlPlane {
         ControlPlane::for_endpoint(&self.info.control_url, &self.info.region)
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -96,3 +96,4 @@ impl Target {
 pub async fn configured(config: EmulatorConfig) -> Target {
     configured_emulator_with(config).await
 }
+pub mod standalone;
