@@ -1,7 +1,8 @@
 //! Third-party clients against a `fleetsim emulator` process: mosquitto's command-line
-//! clients over mutual TLS with MQTT 3.1.1 and 5, boto3 and the AWS CLI against the
-//! control plane. Devices provision by claim with the paho-mqtt client of tests/python.
-//! A missing tool fails the test (never skips it): `.ci/run` installs them.
+//! clients over mutual TLS with MQTT 3.1.1 and 5, AWS's IoT device SDK for Python and
+//! MQTT.js provisioning by claim, boto3 and the AWS CLI against the control plane. Other
+//! devices provision by claim with the paho-mqtt client of tests/python. A missing tool
+//! fails the test (never skips it): `.ci/run` installs them.
 
 mod support;
 
@@ -19,6 +20,11 @@ const BOTO3_CLIENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/third_party/boto3_control.py"
 );
+const AWS_SDK_DEVICE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/third_party/aws_sdk_device.py"
+);
+const MQTTJS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/third_party/node");
 
 /// A `fleetsim emulator` process on free loopback ports, killed on drop.
 struct Emulator {
@@ -372,5 +378,86 @@ fn the_aws_cli_describes_the_endpoint_and_lists_certificates() {
             .unwrap()
             .iter()
             .all(|c| c["status"] == "ACTIVE")
+    );
+}
+
+/// Runs a device script that provisions `serial` by claim and echoes one message as its
+/// thing; returns its JSON summary after checking the echo.
+fn provision_with_script(emulator: &Emulator, program: &str, script: &str, serial: &str) -> Value {
+    let out = emulator.state.join("devices").join(serial);
+    let info = emulator.info_path();
+    let output = run_tool(
+        program,
+        &[script, &info, &out.display().to_string(), serial],
+    );
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        stderr(&output)
+    );
+    let device: Value = serde_json::from_slice(&output.stdout).expect("the device prints JSON");
+    assert_eq!(device["echo"], r#"{"temp":21.5}"#, "{device}");
+    device
+}
+
+/// What the registry and the disk hold after a third-party device provisioned itself.
+async fn assert_provisioned(emulator: &Emulator, device: &Value, serial: &str) {
+    let thing = text(device, "thing");
+    assert_eq!(thing, format!("fleetsim-{serial}"));
+    let status = emulator
+        .control()
+        .describe_certificate(text(device, "certificate_id"))
+        .await
+        .expect("the issued certificate is in the registry");
+    assert_eq!(status.status, "ACTIVE", "{status:?}");
+    let principals = emulator
+        .control()
+        .list_thing_principals(thing)
+        .await
+        .unwrap();
+    assert_eq!(principals.len(), 1, "{principals:?}");
+    assert!(principals[0].ends_with(text(device, "certificate_id")));
+    for file in ["certificate", "key"] {
+        let mode = std::fs::metadata(text(device, file)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+    assert!(
+        emulator.device_connects(device),
+        "the stored identity connects again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_iot_device_sdk_provisions_by_claim_over_mqtt_5_and_echoes_as_its_thing() {
+    require_python_module("awsiot.iotidentity, awscrt", "awsiotsdk");
+    require_python_module("paho.mqtt.client, cryptography", "paho-mqtt cryptography");
+    let emulator = Emulator::start();
+
+    let device = provision_with_script(&emulator, "python3", AWS_SDK_DEVICE, "sdk-0001");
+
+    assert_provisioned(&emulator, &device, "sdk-0001").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_js_provisions_with_service_made_keys_and_echoes_as_its_thing_over_mqtt_3() {
+    require_python_module("paho.mqtt.client, cryptography", "paho-mqtt cryptography");
+    let installed = PathBuf::from(MQTTJS_DIR).join("node_modules/mqtt/package.json");
+    assert!(
+        installed.exists(),
+        "MQTT.js is missing: run `npm ci` in {MQTTJS_DIR} (.ci/run does it)"
+    );
+    let emulator = Emulator::start();
+    let script = format!("{MQTTJS_DIR}/mqttjs_device.mjs");
+
+    let device = provision_with_script(&emulator, "node", &script, "js-0001");
+
+    assert_provisioned(&emulator, &device, "js-0001").await;
+    let key = std::fs::read_to_string(text(&device, "key")).unwrap();
+    assert!(
+        key.contains("BEGIN RSA PRIVATE KEY"),
+        "AWS makes RSA keys: {key}"
     );
 }
