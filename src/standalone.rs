@@ -136,7 +136,7 @@ impl Standalone {
         let info = &self.info;
         format!(
             "fleetsim emulator ready\n\
-             \x20 MQTT endpoint:        {}:{} (MQTT 3.1.1 over mutual TLS)\n\
+             \x20 MQTT endpoint:        {}:{} (MQTT 3.1.1 and 5 over mutual TLS)\n\
              \x20 control plane:        {} (region {})\n\
              \x20 root CA:              {}\n\
              \x20 claim certificate:    {}\n\

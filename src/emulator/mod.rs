@@ -145,7 +145,7 @@ impl Emulator {
             source,
         })?;
         let settings = ControlApiSettings {
-            endpoint_address: broker.local_addr().to_string(),
+            endpoint_address: control_api::endpoint_address(broker.local_addr()),
             certificate_validity: control_api::aws_certificate_validity(),
             detach_propagation_delay: config.detach_propagation_delay,
             policy_propagation_delay: config.policy_propagation_delay,

@@ -249,6 +249,20 @@ async fn dispatch(
     }
 }
 
+/// AWS answers DescribeEndpoint with a bare host name, and every client then
+/// connects to port 8883. The emulator does the same when it listens there;
+/// on any other port (tests, several emulators on one machine) it answers
+/// `host:port`, because a bare host would send clients to the wrong port.
+pub fn endpoint_address(mqtt: SocketAddr) -> String {
+    match mqtt.port() {
+        AWS_MQTT_PORT => mqtt.ip().to_string(),
+        _ => mqtt.to_string(),
+    }
+}
+
+/// The port AWS IoT Core serves MQTT over mutual TLS on.
+const AWS_MQTT_PORT: u16 = 8883;
+
 /// Only the data endpoints exist here; the credential provider and jobs
 /// endpoints are refused rather than answered with a wrong address.
 fn describe_endpoint(service: &Service, call: &Call) -> Result<Value, ApiError> {
@@ -276,5 +290,22 @@ fn finish(operation: &'static str, result: Result<Value, ApiError>) -> Response 
             tracing::debug!(code = error.code(), message = %error, "control request refused");
             error.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_address;
+
+    #[test]
+    fn the_endpoint_is_a_bare_host_on_aws_port_and_host_and_port_elsewhere() {
+        assert_eq!(
+            endpoint_address("127.0.0.1:8883".parse().unwrap()),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            endpoint_address("127.0.0.1:40001".parse().unwrap()),
+            "127.0.0.1:40001"
+        );
     }
 }
