@@ -29,6 +29,80 @@ fn code<E: aws_sdk_iot::error::ProvideErrorMetadata>(error: &E) -> String {
     error.code().unwrap_or("no code").to_owned()
 }
 
+/// The SDK calls these tests repeat; a refusal comes back as AWS's error code.
+struct Api<'a>(&'a aws_sdk_iot::Client);
+
+type Answer = Result<(), String>;
+
+fn answer<T, E: aws_sdk_iot::error::ProvideErrorMetadata>(result: Result<T, E>) -> Answer {
+    result.map(|_| ()).map_err(|error| code(&error))
+}
+
+impl Api<'_> {
+    async fn attach_policy(&self, policy: &str, target: &str) -> Answer {
+        let call = self.0.attach_policy().policy_name(policy).target(target);
+        answer(call.send().await)
+    }
+
+    async fn detach_policy(&self, policy: &str, target: &str) -> Answer {
+        let call = self.0.detach_policy().policy_name(policy).target(target);
+        answer(call.send().await)
+    }
+
+    async fn delete_policy(&self, policy: &str) -> Answer {
+        answer(self.0.delete_policy().policy_name(policy).send().await)
+    }
+
+    async fn attach_principal(&self, thing: &str, arn: &str) -> Answer {
+        let call = self
+            .0
+            .attach_thing_principal()
+            .thing_name(thing)
+            .principal(arn);
+        answer(call.send().await)
+    }
+
+    async fn detach_principal(&self, thing: &str, arn: &str) -> Answer {
+        let call = self
+            .0
+            .detach_thing_principal()
+            .thing_name(thing)
+            .principal(arn);
+        answer(call.send().await)
+    }
+
+    async fn set_status(&self, id: &str, status: SdkStatus) -> Answer {
+        let call = self
+            .0
+            .update_certificate()
+            .certificate_id(id)
+            .new_status(status);
+        answer(call.send().await)
+    }
+
+    async fn delete_certificate(&self, id: &str, force: bool) -> Answer {
+        let call = self.0.delete_certificate().certificate_id(id);
+        answer(call.force_delete(force).send().await)
+    }
+
+    async fn delete_thing(&self, thing: &str, version: Option<i64>) -> Answer {
+        let call = self.0.delete_thing().thing_name(thing);
+        answer(call.set_expected_version(version).send().await)
+    }
+
+    async fn delete_template(&self) -> Answer {
+        let call = self
+            .0
+            .delete_provisioning_template()
+            .template_name(TEMPLATE);
+        answer(call.send().await)
+    }
+}
+
+fn refused(code: &str) -> Answer {
+    Err(code.to_owned())
+}
+
 /// CreateKeysAndCertificate through the SDK; returns (id, arn, credentials).
 async fn keys_and_certificate(target: &Target, active: bool) -> (String, String, Credentials) {
     let out = target
@@ -78,87 +152,43 @@ async fn create_keys_and_certificate_returns_a_working_key_pair_in_the_requested
 async fn delete_certificate_follows_aws_refusals() {
     let target = target().await;
     let client = target.control.client();
+    let api = Api(client);
     let (id, arn, _) = keys_and_certificate(&target, true).await;
-    client
-        .attach_policy()
-        .policy_name("fleetsim-device")
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
+    api.attach_policy("fleetsim-device", &arn).await.unwrap();
 
-    let error = client
-        .delete_certificate()
-        .certificate_id(&id)
-        .send()
-        .await
-        .unwrap_err();
     assert_eq!(
-        code(&error),
-        "CertificateStateException",
+        api.delete_certificate(&id, false).await,
+        refused("CertificateStateException"),
         "ACTIVE cannot be deleted"
     );
 
-    client
-        .update_certificate()
-        .certificate_id(&id)
-        .new_status(SdkStatus::Inactive)
-        .send()
-        .await
-        .unwrap();
+    api.set_status(&id, SdkStatus::Inactive).await.unwrap();
     target
         .emulator
         .registry()
         .ensure_thing("t1", &BTreeMap::new());
-    client
-        .attach_thing_principal()
-        .thing_name("t1")
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
-    let error = client
-        .delete_certificate()
-        .certificate_id(&id)
-        .send()
-        .await
-        .unwrap_err();
+    api.attach_principal("t1", &arn).await.unwrap();
     assert_eq!(
-        code(&error),
-        "DeleteConflictException",
+        api.delete_certificate(&id, false).await,
+        refused("DeleteConflictException"),
         "attached to a thing"
     );
 
-    client
-        .detach_thing_principal()
-        .thing_name("t1")
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
-    let error = client
-        .delete_certificate()
-        .certificate_id(&id)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "DeleteConflictException", "policy attached");
+    api.detach_principal("t1", &arn).await.unwrap();
+    assert_eq!(
+        api.delete_certificate(&id, false).await,
+        refused("DeleteConflictException"),
+        "policy attached"
+    );
 
-    client
-        .delete_certificate()
-        .certificate_id(&id)
-        .force_delete(true)
-        .send()
+    api.delete_certificate(&id, true)
         .await
         .expect("force deletes despite the policy");
     assert!(target.emulator.registry().certificate(&id).is_none());
-    let error = client
-        .delete_certificate()
-        .certificate_id(&id)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "ResourceNotFoundException");
+    assert_eq!(
+        api.delete_certificate(&id, false).await,
+        refused("ResourceNotFoundException")
+    );
 }
 
 #[tokio::test]
@@ -200,14 +230,9 @@ async fn list_certificates_pages_through_every_certificate() {
 async fn delete_policy_is_refused_while_attached_and_list_attached_policies_shows_why() {
     let target = target().await;
     let client = target.control.client();
+    let api = Api(client);
     let (_, arn, _) = keys_and_certificate(&target, false).await;
-    client
-        .attach_policy()
-        .policy_name("fleetsim-device")
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
+    api.attach_policy("fleetsim-device", &arn).await.unwrap();
 
     let attached = client
         .list_attached_policies()
@@ -221,25 +246,13 @@ async fn delete_policy_is_refused_while_attached_and_list_attached_policies_show
         .filter_map(|p| p.policy_name())
         .collect();
     assert_eq!(names, ["fleetsim-device"]);
-    let error = client
-        .delete_policy()
-        .policy_name("fleetsim-device")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "DeleteConflictException");
+    assert_eq!(
+        api.delete_policy("fleetsim-device").await,
+        refused("DeleteConflictException")
+    );
 
-    client
-        .detach_policy()
-        .policy_name("fleetsim-device")
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
-    client
-        .delete_policy()
-        .policy_name("fleetsim-device")
-        .send()
+    api.detach_policy("fleetsim-device", &arn).await.unwrap();
+    api.delete_policy("fleetsim-device")
         .await
         .expect("now deletable");
     let error = client
@@ -249,69 +262,37 @@ async fn delete_policy_is_refused_while_attached_and_list_attached_policies_show
         .await
         .unwrap_err();
     assert_eq!(code(&error), "ResourceNotFoundException");
-    let error = client
-        .delete_policy()
-        .policy_name("fleetsim-device")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "ResourceNotFoundException");
+    assert_eq!(
+        api.delete_policy("fleetsim-device").await,
+        refused("ResourceNotFoundException")
+    );
 }
 
 #[tokio::test]
 async fn delete_thing_refuses_attached_principals_and_stale_versions_and_ignores_missing_things() {
     let target = target().await;
     let client = target.control.client();
+    let api = Api(client);
     let (_, arn, _) = keys_and_certificate(&target, false).await;
     target
         .emulator
         .registry()
         .ensure_thing("t1", &BTreeMap::new());
-    client
-        .attach_thing_principal()
-        .thing_name("t1")
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
+    api.attach_principal("t1", &arn).await.unwrap();
 
-    let error = client
-        .delete_thing()
-        .thing_name("t1")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "InvalidRequestException");
-    client
-        .detach_thing_principal()
-        .thing_name("t1")
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
-    let error = client
-        .delete_thing()
-        .thing_name("t1")
-        .expected_version(7)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "VersionConflictException");
+    assert_eq!(
+        api.delete_thing("t1", None).await,
+        refused("InvalidRequestException")
+    );
+    api.detach_principal("t1", &arn).await.unwrap();
+    assert_eq!(
+        api.delete_thing("t1", Some(7)).await,
+        refused("VersionConflictException")
+    );
 
-    client
-        .delete_thing()
-        .thing_name("t1")
-        .expected_version(1)
-        .send()
-        .await
-        .unwrap();
+    api.delete_thing("t1", Some(1)).await.unwrap();
     assert!(target.emulator.registry().thing("t1").is_none());
-    client
-        .delete_thing()
-        .thing_name("t1")
-        .send()
-        .await
-        .expect("missing is fine");
+    api.delete_thing("t1", None).await.expect("missing is fine");
 }
 
 #[tokio::test]
@@ -356,6 +337,7 @@ async fn list_things_filters_by_attribute_and_pages() {
 async fn provisioning_templates_update_their_hook_and_delete() {
     let target = target().await;
     let client = target.control.client();
+    let api = Api(client);
     let hook = ProvisioningHook::builder()
         .target_arn("arn:aws:lambda:us-east-1:123456789012:function:check")
         .payload_version("2020-04-01")
@@ -421,19 +403,11 @@ async fn provisioning_templates_update_their_hook_and_delete() {
         .unwrap();
     assert!(described.pre_provisioning_hook().is_none());
 
-    client
-        .delete_provisioning_template()
-        .template_name(TEMPLATE)
-        .send()
-        .await
-        .unwrap();
-    let error = client
-        .delete_provisioning_template()
-        .template_name(TEMPLATE)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&error), "ResourceNotFoundException");
+    api.delete_template().await.unwrap();
+    assert_eq!(
+        api.delete_template().await,
+        refused("ResourceNotFoundException")
+    );
     let error = client
         .update_provisioning_template()
         .template_name(TEMPLATE)
@@ -452,25 +426,14 @@ async fn a_deactivated_certificate_keeps_its_connection_until_the_configured_del
     let (id, _, credentials) = keys_and_certificate(&target, true).await;
     let arn = target.emulator.registry().arn("cert", &id);
     let client = target.control.client();
-    client
-        .attach_policy()
-        .policy_name("fleetsim-claim")
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
+    let api = Api(client);
+    api.attach_policy("fleetsim-claim", &arn).await.unwrap();
     let mut session = target
         .connect("delayed-1", &credentials)
         .await
         .expect("connects while active");
 
-    client
-        .update_certificate()
-        .certificate_id(&id)
-        .new_status(SdkStatus::Revoked)
-        .send()
-        .await
-        .unwrap();
+    api.set_status(&id, SdkStatus::Revoked).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         session.closed_reason().is_none(),
@@ -491,21 +454,10 @@ async fn detach_thing_principal_takes_effect_after_the_propagation_delay() {
     let registry = target.emulator.registry();
     registry.ensure_thing("t1", &BTreeMap::new());
     let client = target.control.client();
-    client
-        .attach_thing_principal()
-        .thing_name("t1")
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
+    let api = Api(client);
+    api.attach_principal("t1", &arn).await.unwrap();
 
-    client
-        .detach_thing_principal()
-        .thing_name("t1")
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
+    api.detach_principal("t1", &arn).await.unwrap();
     assert!(registry.is_attached("t1", &id), "not yet propagated");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!registry.is_attached("t1", &id));
@@ -521,6 +473,7 @@ async fn attach_and_detach_policy_take_effect_after_the_policy_propagation_delay
     let (id, arn, _) = keys_and_certificate(&target, false).await;
     let registry = target.emulator.registry();
     let client = target.control.client();
+    let api = Api(client);
     let attached = |registry: &fleetsim::emulator::registry::Registry| {
         registry
             .certificate(&id)
@@ -529,24 +482,12 @@ async fn attach_and_detach_policy_take_effect_after_the_policy_propagation_delay
             .contains("fleetsim-device")
     };
 
-    client
-        .attach_policy()
-        .policy_name("fleetsim-device")
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
+    api.attach_policy("fleetsim-device", &arn).await.unwrap();
     assert!(!attached(registry), "not yet propagated");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(attached(registry));
 
-    client
-        .detach_policy()
-        .policy_name("fleetsim-device")
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
+    api.detach_policy("fleetsim-device", &arn).await.unwrap();
     assert!(
         attached(registry),
         "the detach is not yet propagated either"
