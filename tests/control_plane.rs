@@ -83,7 +83,22 @@ impl Emulator {
     fn certificate_arn(&self, id: &str) -> String {
         self.registry.arn("cert", id)
     }
+
+    /// UpdateCertificate through the raw SDK, so a refusal keeps its modeled error.
+    async fn set_status(&self, id: &str, status: WireStatus) -> Result<(), UpdateError> {
+        let call = self
+            .control
+            .client()
+            .update_certificate()
+            .certificate_id(id);
+        call.new_status(status).send().await.map(|_| ())
+    }
 }
+
+type UpdateError = aws_sdk_iot::error::SdkError<
+    aws_sdk_iot::operation::update_certificate::UpdateCertificateError,
+    aws_sdk_iot::config::http::HttpResponse,
+>;
 
 fn names() -> SetupNames {
     SetupNames {
@@ -303,12 +318,7 @@ async fn update_certificate_revoked_shows_in_the_registry_and_in_describe_certif
     let mut events = emulator.registry.subscribe_events();
 
     emulator
-        .control
-        .client()
-        .update_certificate()
-        .certificate_id(&id)
-        .new_status(WireStatus::Revoked)
-        .send()
+        .set_status(&id, WireStatus::Revoked)
         .await
         .expect("revoked");
 
@@ -334,12 +344,7 @@ async fn a_revoked_certificate_cannot_be_made_active_again() {
     let id = emulator.certificate(CertificateStatus::Revoked);
 
     let error = emulator
-        .control
-        .client()
-        .update_certificate()
-        .certificate_id(&id)
-        .new_status(WireStatus::Active)
-        .send()
+        .set_status(&id, WireStatus::Active)
         .await
         .expect_err("refused");
 
@@ -360,12 +365,7 @@ async fn an_unknown_certificate_id_is_resource_not_found_with_a_request_id() {
     let unknown = "ab".repeat(32);
 
     let raw = emulator
-        .control
-        .client()
-        .update_certificate()
-        .certificate_id(&unknown)
-        .new_status(WireStatus::Revoked)
-        .send()
+        .set_status(&unknown, WireStatus::Revoked)
         .await
         .expect_err("refused");
     let mapped = emulator
@@ -431,12 +431,7 @@ async fn pending_activation_cannot_be_set_through_update_certificate() {
     let id = emulator.certificate(CertificateStatus::Active);
 
     let error = emulator
-        .control
-        .client()
-        .update_certificate()
-        .certificate_id(&id)
-        .new_status(WireStatus::PendingActivation)
-        .send()
+        .set_status(&id, WireStatus::PendingActivation)
         .await
         .expect_err("refused");
 
