@@ -2,9 +2,14 @@
 //! (backoff, rotation timing) and the task that drives it from provisioning
 //! by claim through telemetry and certificate rotation.
 
+mod by_hand;
 pub mod lifecycle;
 pub mod live;
 pub mod mqtt;
+mod online;
+mod provision;
+mod rotate;
 pub mod task;
 
+pub use rotate::{prove_refused, prove_works};
 pub use task::{DeviceContext, DeviceOutcome, TelemetrySettings};
