@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use fleetsim::emulator::policy::{
     Action, CertificateFields, PolicyDocument, RequestContext, is_allowed,
 };
-use fleetsim::emulator::registry::CertificateStatus;
+use fleetsim::emulator::registry::{CertificateStatus, ThingProperties};
 use rumqttc::QoS;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::QoS as Qos5;
@@ -370,6 +370,39 @@ async fn the_broker_resolves_thing_attributes_of_the_attached_thing() {
     client
         .publish("fleet/south/t", Qos5::AtLeastOnce, b"x")
         .await;
+    assert_eq!(client.next_puback().await, PubAckReason::NotAuthorized);
+}
+
+#[tokio::test]
+async fn the_broker_resolves_the_thing_type_of_the_attached_thing() {
+    let emulator = Emulator::start();
+    let statement = format!(
+        r#"{CONNECT_ANY},{{"Effect":"Allow","Action":"iot:Publish",
+            "Resource":"{ARN}:topic/kind/${{iot:Connection.Thing.ThingTypeName}}"}}"#
+    );
+    let device = device_with(&emulator, "by-type", &statement);
+    emulator
+        .registry
+        .create_thing_type("sensor", Default::default())
+        .expect("thing type");
+    emulator.registry.ensure_thing("dev-2", &attributes(&[]));
+    let typed = ThingProperties {
+        thing_type: Some("sensor".into()),
+        ..Default::default()
+    };
+    emulator
+        .registry
+        .set_thing_properties("dev-2", &typed)
+        .expect("typed");
+    emulator
+        .registry
+        .attach_thing_principal("dev-2", &device.id)
+        .expect("attach");
+    let mut client = V5Client::connect(emulator.addr(), "dev-2", &device).await;
+
+    client.publish("kind/sensor", Qos5::AtLeastOnce, b"x").await;
+    assert_eq!(client.next_puback().await, PubAckReason::Success);
+    client.publish("kind/camera", Qos5::AtLeastOnce, b"x").await;
     assert_eq!(client.next_puback().await, PubAckReason::NotAuthorized);
 }
 

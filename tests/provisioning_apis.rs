@@ -433,26 +433,9 @@ async fn a_hook_target_with_no_registered_hook_denies() {
     assert_eq!(error.status_code, 403);
 }
 
-#[tokio::test]
-async fn register_thing_sets_thing_type_and_groups_and_merges_them_on_reprovisioning() {
-    let target = configured_emulator_with(EmulatorConfig {
-        server_key: ServerKeyType::EcP256,
-        ..config()
-    })
-    .await;
-    let body = r#"{
-      "Parameters": {"SerialNumber": {"Type": "String"}, "Group": {"Type": "String"},
-                     "AWS::IoT::Certificate::Id": {"Type": "String"}},
-      "Resources": {
-        "thing": {"Type": "AWS::IoT::Thing",
-          "Properties": {"ThingName": {"Ref": "SerialNumber"}, "ThingTypeName": "sensor",
-                         "ThingGroups": [{"Ref": "Group"}]},
-          "OverrideSettings": {"ThingGroups": "MERGE", "ThingTypeName": "FAIL"}},
-        "certificate": {"Type": "AWS::IoT::Certificate",
-          "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}
-      }
-    }"#;
-    // The claim policy covers one template name, so the template is replaced.
+/// Replaces the fleet template (the claim policy covers one template name)
+/// with `body`.
+async fn replace_template(target: &Target, body: &str) {
     let client = target.control.client();
     client
         .delete_provisioning_template()
@@ -469,18 +452,78 @@ async fn register_thing_sets_thing_type_and_groups_and_merges_them_on_reprovisio
         .send()
         .await
         .expect("the template is valid");
+}
+
+/// A template whose thing takes its type, groups and attributes from parameters.
+const CLASSED_TEMPLATE: &str = r#"{
+  "Parameters": {"SerialNumber": {"Type": "String"}, "Group": {"Type": "String"},
+                 "Type": {"Type": "String", "Default": "sensor"},
+                 "Extra": {"Type": "String", "Default": "no"},
+                 "AWS::IoT::Certificate::Id": {"Type": "String"}},
+  "Resources": {
+    "thing": {"Type": "AWS::IoT::Thing",
+      "Properties": {"ThingName": {"Ref": "SerialNumber"}, "ThingTypeName": {"Ref": "Type"},
+                     "ThingGroups": [{"Ref": "Group"}],
+                     "AttributePayload": {"a": "1", "b": "2", "c": "3", "d": {"Ref": "Extra"}}},
+      "OverrideSettings": {"ThingGroups": "MERGE", "ThingTypeName": "FAIL"}},
+    "certificate": {"Type": "AWS::IoT::Certificate",
+      "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}
+  }
+}"#;
+
+async fn create_classes(target: &Target, thing_type: &str, groups: &[&str]) {
+    let client = target.control.client();
+    client
+        .create_thing_type()
+        .thing_type_name(thing_type)
+        .send()
+        .await
+        .expect("CreateThingType");
+    for group in groups {
+        client
+            .create_thing_group()
+            .thing_group_name(*group)
+            .send()
+            .await
+            .expect("CreateThingGroup");
+    }
+}
+
+async fn register_classed(
+    session: &mut Session,
+    serial: &str,
+    parameters: serde_json::Value,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let issued = create_keys(session, PayloadFormat::Json).await;
+    let mut parameters = parameters;
+    parameters["SerialNumber"] = serde_json::json!(serial);
+    let request = serde_json::json!({
+        "certificateOwnershipToken": issued.certificate_ownership_token,
+        "parameters": parameters,
+    });
     let topic = register_thing_topic_in(TEMPLATE, PayloadFormat::Json);
+    call(session, &topic, serde_json::to_vec(&request).unwrap()).await
+}
+
+#[tokio::test]
+async fn register_thing_sets_thing_type_and_groups_and_merges_them_on_reprovisioning() {
+    let target = configured_emulator_with(EmulatorConfig {
+        server_key: ServerKeyType::EcP256,
+        ..config()
+    })
+    .await;
+    replace_template(&target, CLASSED_TEMPLATE).await;
+    create_classes(&target, "sensor", &["eu", "beta"]).await;
     let mut session = claim_session(&target, "provision-typed", PayloadFormat::Json).await;
 
     for group in ["eu", "beta"] {
-        let issued = create_keys(&mut session, PayloadFormat::Json).await;
-        let request = serde_json::json!({
-            "certificateOwnershipToken": issued.certificate_ownership_token,
-            "parameters": { "SerialNumber": "typed-1", "Group": group },
-        });
-        call(&mut session, &topic, serde_json::to_vec(&request).unwrap())
-            .await
-            .expect("RegisterThing is accepted");
+        register_classed(
+            &mut session,
+            "typed-1",
+            serde_json::json!({ "Group": group }),
+        )
+        .await
+        .expect("RegisterThing is accepted");
     }
 
     let thing = target
@@ -492,4 +535,89 @@ async fn register_thing_sets_thing_type_and_groups_and_merges_them_on_reprovisio
     let groups: Vec<&str> = thing.groups.iter().map(String::as_str).collect();
     assert_eq!(groups, ["beta", "eu"], "MERGE adds the second group");
     assert_eq!(thing.version, 2, "created at 1, changed once");
+}
+
+#[tokio::test]
+async fn register_thing_refuses_missing_or_deprecated_types_missing_groups_and_extra_attributes() {
+    let target = configured_emulator_with(EmulatorConfig {
+        server_key: ServerKeyType::EcP256,
+        ..config()
+    })
+    .await;
+    replace_template(&target, CLASSED_TEMPLATE).await;
+    create_classes(&target, "sensor", &["eu"]).await;
+    create_classes(&target, "retired", &[]).await;
+    target
+        .control
+        .client()
+        .deprecate_thing_type()
+        .thing_type_name("retired")
+        .send()
+        .await
+        .unwrap();
+    let mut session = claim_session(&target, "provision-classes", PayloadFormat::Json).await;
+    let cases = [
+        (
+            "no-type",
+            serde_json::json!({"Group": "eu", "Type": "camera"}),
+            404,
+            "thing type camera",
+        ),
+        (
+            "no-group",
+            serde_json::json!({"Group": "us"}),
+            404,
+            "thing group us",
+        ),
+        (
+            "deprecated",
+            serde_json::json!({"Group": "eu", "Type": "retired"}),
+            400,
+            "deprecated",
+        ),
+    ];
+
+    for (serial, parameters, status, words) in cases {
+        let body = register_classed(&mut session, serial, parameters)
+            .await
+            .expect_err("RegisterThing is refused");
+        let error: ErrorResponse = decode(PayloadFormat::Json, &body);
+        assert_eq!(error.status_code, status, "{serial}: {error}");
+        assert!(error.to_string().contains(words), "{serial}: {error}");
+        assert!(
+            target.emulator.registry().thing(serial).is_none(),
+            "{serial}: nothing is created by a refused request"
+        );
+    }
+    register_classed(&mut session, "typed-ok", serde_json::json!({"Group": "eu"}))
+        .await
+        .expect("the same request with existing classes is accepted");
+}
+
+#[tokio::test]
+async fn a_thing_without_a_type_takes_at_most_three_attributes() {
+    let target = configured_emulator_with(EmulatorConfig {
+        server_key: ServerKeyType::EcP256,
+        ..config()
+    })
+    .await;
+    let untyped = CLASSED_TEMPLATE
+        .replace(r#""ThingTypeName": {"Ref": "Type"},"#, "")
+        .replace(r#", "d": {"Ref": "Extra"}"#, "");
+    let four = CLASSED_TEMPLATE.replace(r#""ThingTypeName": {"Ref": "Type"},"#, "");
+    create_classes(&target, "sensor", &["eu"]).await;
+    let mut session = claim_session(&target, "provision-attributes", PayloadFormat::Json).await;
+
+    replace_template(&target, &four).await;
+    let body = register_classed(&mut session, "four", serde_json::json!({"Group": "eu"}))
+        .await
+        .expect_err("four attributes without a type");
+    let error: ErrorResponse = decode(PayloadFormat::Json, &body);
+    assert_eq!(error.status_code, 400, "{error}");
+    assert!(error.to_string().contains("at most 3"), "{error}");
+
+    replace_template(&target, &untyped).await;
+    register_classed(&mut session, "three", serde_json::json!({"Group": "eu"}))
+        .await
+        .expect("three attributes without a type are accepted");
 }

@@ -1,5 +1,6 @@
-//! The emulator's registry: certificates with their status, things,
-//! policies, principal attachments and provisioning templates.
+//! The emulator's registry: certificates with their status, things, thing
+//! types and groups ([`classes`]), policies, principal attachments and
+//! provisioning templates.
 //!
 //! It is the one source of truth that the TLS handshake, the broker's policy
 //! checks, Fleet Provisioning and the control-plane API all read and write.
@@ -17,6 +18,10 @@ use tokio::sync::broadcast;
 
 use super::persist::{Change, Journal, JournalError, RegistryImage, StoredPolicy};
 use super::policy::PolicyDocument;
+
+pub mod classes;
+
+pub use classes::{NewThingGroup, NewThingType, ThingGroupRecord, ThingTypeRecord};
 
 /// The statuses AWS IoT gives a certificate. Only `Active` authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -197,6 +202,8 @@ pub enum RegistryError {
     },
     #[error("certificate {id} must be deactivated (not ACTIVE) before deletion")]
     DeleteActive { id: String },
+    #[error("{reason}")]
+    Invalid { reason: String },
     #[error("thing {name} is at version {actual}, not the expected {expected}")]
     VersionConflict {
         name: String,
@@ -214,6 +221,8 @@ struct State {
     things: HashMap<String, ThingRecord>,
     policies: HashMap<String, PolicyRecord>,
     templates: HashMap<String, TemplateRecord>,
+    thing_types: HashMap<String, ThingTypeRecord>,
+    thing_groups: HashMap<String, ThingGroupRecord>,
 }
 
 /// The shared registry. Cheap to clone through `Arc`; every method takes
@@ -269,6 +278,14 @@ impl Registry {
         for template in image.templates {
             restored.templates.insert(template.name.clone(), template);
         }
+        for thing_type in image.thing_types {
+            restored
+                .thing_types
+                .insert(thing_type.name.clone(), thing_type);
+        }
+        for group in image.thing_groups {
+            restored.thing_groups.insert(group.name.clone(), group);
+        }
         *self.lock() = restored;
         Ok(())
     }
@@ -282,6 +299,8 @@ impl Registry {
             things: state.things.values().cloned().collect(),
             policies: state.policies.values().map(StoredPolicy::from).collect(),
             templates: state.templates.values().cloned().collect(),
+            thing_types: state.thing_types.values().cloned().collect(),
+            thing_groups: state.thing_groups.values().cloned().collect(),
         };
         (seq, image)
     }

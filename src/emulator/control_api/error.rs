@@ -149,6 +149,7 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::DeleteConflict { .. } => ApiError::DeleteConflict(message),
             RegistryError::VersionConflict { .. } => ApiError::VersionConflict(message),
+            RegistryError::Invalid { .. } => ApiError::InvalidRequest(message),
         }
     }
 }

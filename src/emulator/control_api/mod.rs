@@ -11,6 +11,8 @@ mod policies;
 mod request;
 mod route;
 mod templates;
+mod thing_groups;
+mod thing_types;
 mod things;
 
 use std::net::SocketAddr;
@@ -246,6 +248,25 @@ async fn dispatch(
         Operation::DetachThingPrincipal { thing } => things::detach_principal(service, call, thing),
         Operation::ListThingPrincipals { thing } => things::list_principals(service, call, thing),
         Operation::DescribeEndpoint => describe_endpoint(service, call),
+        Operation::CreateThingType { thing_type } => thing_types::create(service, call, thing_type),
+        Operation::DescribeThingType { thing_type } => thing_types::describe(service, thing_type),
+        Operation::ListThingTypes => thing_types::list(service, call),
+        Operation::DeprecateThingType { thing_type } => {
+            thing_types::deprecate(service, call, thing_type)
+        }
+        Operation::DeleteThingType { thing_type } => thing_types::delete(service, thing_type),
+        Operation::CreateThingGroup { group } => thing_groups::create(service, call, group),
+        Operation::DescribeThingGroup { group } => thing_groups::describe(service, group),
+        Operation::ListThingGroups => thing_groups::list(service, call),
+        Operation::DeleteThingGroup { group } => thing_groups::delete(service, call, group),
+        Operation::AddThingToThingGroup => thing_groups::add_thing(service, call),
+        Operation::RemoveThingFromThingGroup => thing_groups::remove_thing(service, call),
+        Operation::ListThingsInThingGroup { group } => {
+            thing_groups::things_in(service, call, group)
+        }
+        Operation::ListThingGroupsForThing { thing } => {
+            thing_groups::groups_of(service, call, thing)
+        }
     }
 }
 

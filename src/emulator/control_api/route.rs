@@ -35,6 +35,19 @@ pub(super) enum Operation {
     ListThings,
     UpdateProvisioningTemplate { template: String },
     DeleteProvisioningTemplate { template: String },
+    CreateThingType { thing_type: String },
+    DescribeThingType { thing_type: String },
+    ListThingTypes,
+    DeprecateThingType { thing_type: String },
+    DeleteThingType { thing_type: String },
+    CreateThingGroup { group: String },
+    DescribeThingGroup { group: String },
+    ListThingGroups,
+    DeleteThingGroup { group: String },
+    AddThingToThingGroup,
+    RemoveThingFromThingGroup,
+    ListThingsInThingGroup { group: String },
+    ListThingGroupsForThing { thing: String },
 }
 
 impl Operation {
@@ -86,6 +99,33 @@ impl Operation {
             ("DELETE", ["provisioning-templates", _]) => Operation::DeleteProvisioningTemplate {
                 template: label(1)?,
             },
+            ("POST", ["thing-types", _]) => Operation::CreateThingType {
+                thing_type: label(1)?,
+            },
+            ("GET", ["thing-types", _]) => Operation::DescribeThingType {
+                thing_type: label(1)?,
+            },
+            ("GET", ["thing-types"]) => Operation::ListThingTypes,
+            ("POST", ["thing-types", _, "deprecate"]) => Operation::DeprecateThingType {
+                thing_type: label(1)?,
+            },
+            ("DELETE", ["thing-types", _]) => Operation::DeleteThingType {
+                thing_type: label(1)?,
+            },
+            ("PUT", ["thing-groups", "addThingToThingGroup"]) => Operation::AddThingToThingGroup,
+            ("PUT", ["thing-groups", "removeThingFromThingGroup"]) => {
+                Operation::RemoveThingFromThingGroup
+            }
+            ("POST", ["thing-groups", _]) => Operation::CreateThingGroup { group: label(1)? },
+            ("GET", ["thing-groups", _]) => Operation::DescribeThingGroup { group: label(1)? },
+            ("GET", ["thing-groups"]) => Operation::ListThingGroups,
+            ("DELETE", ["thing-groups", _]) => Operation::DeleteThingGroup { group: label(1)? },
+            ("GET", ["thing-groups", _, "things"]) => {
+                Operation::ListThingsInThingGroup { group: label(1)? }
+            }
+            ("GET", ["things", _, "thing-groups"]) => {
+                Operation::ListThingGroupsForThing { thing: label(1)? }
+            }
             _ => return Err(unknown_operation(method, raw_path)),
         };
         Ok(operation)
@@ -117,6 +157,19 @@ impl Operation {
             Operation::ListThings => "ListThings",
             Operation::UpdateProvisioningTemplate { .. } => "UpdateProvisioningTemplate",
             Operation::DeleteProvisioningTemplate { .. } => "DeleteProvisioningTemplate",
+            Operation::CreateThingType { .. } => "CreateThingType",
+            Operation::DescribeThingType { .. } => "DescribeThingType",
+            Operation::ListThingTypes => "ListThingTypes",
+            Operation::DeprecateThingType { .. } => "DeprecateThingType",
+            Operation::DeleteThingType { .. } => "DeleteThingType",
+            Operation::CreateThingGroup { .. } => "CreateThingGroup",
+            Operation::DescribeThingGroup { .. } => "DescribeThingGroup",
+            Operation::ListThingGroups => "ListThingGroups",
+            Operation::DeleteThingGroup { .. } => "DeleteThingGroup",
+            Operation::AddThingToThingGroup => "AddThingToThingGroup",
+            Operation::RemoveThingFromThingGroup => "RemoveThingFromThingGroup",
+            Operation::ListThingsInThingGroup { .. } => "ListThingsInThingGroup",
+            Operation::ListThingGroupsForThing { .. } => "ListThingGroupsForThing",
         }
     }
 }

@@ -347,10 +347,14 @@ impl FleetProvisioning {
                 ));
             }
         }
-        plan.thing
-            .as_ref()
-            .map(|thing| self.resolve_thing(thing))
-            .transpose()
+        let Some(thing) = plan.thing.as_ref() else {
+            return Ok(None);
+        };
+        let properties = self.resolve_thing(thing)?;
+        self.registry
+            .check_thing_properties(&thing.name, &properties)
+            .map_err(refused_thing)?;
+        Ok(Some(properties))
     }
 
     fn resolve_thing(
@@ -425,6 +429,17 @@ impl FleetProvisioning {
                 Ok(name.clone())
             }
         }
+    }
+}
+
+/// A thing the template would create with a missing type or group, or too
+/// many attributes: the template's fault, answered as AWS names it.
+fn refused_thing(error: RegistryError) -> ErrorResponse {
+    match error {
+        RegistryError::NotFound { .. } => {
+            ErrorResponse::new(404, "ResourceNotFoundException", error.to_string())
+        }
+        other => ErrorResponse::new(400, "InvalidRequestException", other.to_string()),
     }
 }
 

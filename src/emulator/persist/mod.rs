@@ -37,7 +37,10 @@ use tokio_util::sync::CancellationToken;
 pub use journal::{Journal, JournalError};
 
 use super::ca::{CaError, CertificateAuthority};
-use super::registry::{CertificateRecord, PolicyRecord, Registry, TemplateRecord, ThingRecord};
+use super::registry::{
+    CertificateRecord, PolicyRecord, Registry, TemplateRecord, ThingGroupRecord, ThingRecord,
+    ThingTypeRecord,
+};
 
 /// Version of the snapshot format; a newer one is refused rather than misread.
 const SNAPSHOT_VERSION: u32 = 1;
@@ -55,6 +58,10 @@ pub enum Change {
     PolicyRemoved { name: String },
     Template(TemplateRecord),
     TemplateRemoved { name: String },
+    ThingType(ThingTypeRecord),
+    ThingTypeRemoved { name: String },
+    ThingGroup(ThingGroupRecord),
+    ThingGroupRemoved { name: String },
 }
 
 /// A policy as stored: the document is parsed again when it is loaded.
@@ -85,6 +92,8 @@ pub struct RegistryImage {
     pub things: Vec<ThingRecord>,
     pub policies: Vec<StoredPolicy>,
     pub templates: Vec<TemplateRecord>,
+    pub thing_types: Vec<ThingTypeRecord>,
+    pub thing_groups: Vec<ThingGroupRecord>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -312,6 +321,8 @@ struct Tables {
     things: BTreeMap<String, ThingRecord>,
     policies: BTreeMap<String, StoredPolicy>,
     templates: BTreeMap<String, TemplateRecord>,
+    thing_types: BTreeMap<String, ThingTypeRecord>,
+    thing_groups: BTreeMap<String, ThingGroupRecord>,
 }
 
 impl Tables {
@@ -325,6 +336,10 @@ impl Tables {
             Change::PolicyRemoved { name } => _ = self.policies.remove(&name),
             Change::Template(t) => _ = self.templates.insert(t.name.clone(), t),
             Change::TemplateRemoved { name } => _ = self.templates.remove(&name),
+            Change::ThingType(t) => _ = self.thing_types.insert(t.name.clone(), t),
+            Change::ThingTypeRemoved { name } => _ = self.thing_types.remove(&name),
+            Change::ThingGroup(g) => _ = self.thing_groups.insert(g.name.clone(), g),
+            Change::ThingGroupRemoved { name } => _ = self.thing_groups.remove(&name),
         }
     }
 }
@@ -335,7 +350,9 @@ impl From<RegistryImage> for Tables {
         let changes = (image.certificates.into_iter().map(Change::Certificate))
             .chain(image.things.into_iter().map(Change::Thing))
             .chain(image.policies.into_iter().map(Change::Policy))
-            .chain(image.templates.into_iter().map(Change::Template));
+            .chain(image.templates.into_iter().map(Change::Template))
+            .chain(image.thing_types.into_iter().map(Change::ThingType))
+            .chain(image.thing_groups.into_iter().map(Change::ThingGroup));
         changes.for_each(|change| tables.apply(change));
         tables
     }
@@ -348,6 +365,8 @@ impl From<Tables> for RegistryImage {
             things: tables.things.into_values().collect(),
             policies: tables.policies.into_values().collect(),
             templates: tables.templates.into_values().collect(),
+            thing_types: tables.thing_types.into_values().collect(),
+            thing_groups: tables.thing_groups.into_values().collect(),
         }
     }
 }
@@ -512,5 +531,34 @@ mod tests {
         handle.close().await;
         let (_, image) = recover(&state).unwrap();
         assert_eq!(image.things.len(), 1, "the final snapshot holds it too");
+    }
+
+    #[tokio::test]
+    async fn thing_types_groups_and_memberships_survive_a_restart() {
+        use crate::emulator::registry::{NewThingGroup, NewThingType};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let registry = Arc::new(Registry::new("us-east-1", "123456789012"));
+        let handle = open_registry(&state, &registry, lock(&state).unwrap()).unwrap();
+        registry
+            .create_thing_type("sensor", NewThingType::default())
+            .unwrap();
+        registry.deprecate_thing_type("sensor", false).unwrap();
+        registry
+            .create_thing_group("fleet", NewThingGroup::default())
+            .unwrap();
+        registry.ensure_thing("t-1", &BTreeMap::new());
+        registry.add_thing_to_group("t-1", "fleet").unwrap();
+        registry.durable().await.unwrap();
+        handle.close().await;
+
+        let (_, image) = recover(&state).unwrap();
+        let restored = Registry::new("us-east-1", "123456789012");
+        restored.restore(image).unwrap();
+
+        let sensor = restored.thing_type("sensor").expect("type kept");
+        assert!(sensor.deprecated_at.is_some(), "deprecation kept");
+        assert!(restored.thing_group("fleet").is_some(), "group kept");
+        assert_eq!(restored.things_in_group("fleet").unwrap(), ["t-1"]);
     }
 }

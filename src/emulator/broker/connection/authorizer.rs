@@ -56,8 +56,7 @@ impl Authorizer {
         let context = RequestContext {
             client_id: &self.client_id,
             thing_name: thing.as_ref().map(|thing| thing.name.as_str()),
-            // The registry does not record thing types, so the variable never resolves.
-            thing_type_name: None,
+            thing_type_name: thing.as_ref().and_then(|thing| thing.thing_type.as_deref()),
             thing_attributes: thing.as_ref().map(|thing| &thing.attributes),
             certificate_id: &self.certificate_id,
             certificate: self.certificate.as_ref(),
