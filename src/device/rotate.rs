@@ -25,13 +25,7 @@ impl Device {
             self.retire(&old).await;
         }
         let schedule = self.ctx.rotation.expect("only called when rotation is on");
-        let not_after = self
-            .current
-            .as_ref()
-            .and_then(|c| c.info().ok())
-            .map(|info| info.not_after)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        if !schedule.is_due(not_after, SystemTime::now()) {
+        if !self.rotation_due(&schedule) {
             return Ok(None);
         }
         self.rotate_in_state(session, due).await

@@ -43,6 +43,17 @@ impl Call {
         }
     }
 
+    /// The optional `expectedVersion` of a delete.
+    pub(super) fn expected_version(&self) -> Result<Option<i64>, ApiError> {
+        self.query("expectedVersion")
+            .map(|text| {
+                text.parse::<i64>().map_err(|_| {
+                    ApiError::InvalidRequest(format!("expectedVersion {text} is not a number"))
+                })
+            })
+            .transpose()
+    }
+
     pub(super) fn required_header(&self, name: &str) -> Result<&str, ApiError> {
         self.headers
             .get(name)

@@ -137,14 +137,7 @@ pub(super) fn list(service: &Service, call: &Call) -> Result<Value, ApiError> {
 }
 
 pub(super) fn delete(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
-    let expected = call
-        .query("expectedVersion")
-        .map(|text| {
-            text.parse::<i64>().map_err(|_| {
-                ApiError::InvalidRequest(format!("expectedVersion {text} is not a number"))
-            })
-        })
-        .transpose()?;
+    let expected = call.expected_version()?;
     service.registry.delete_thing_group(name, expected)?;
     Ok(json!({}))
 }

@@ -41,14 +41,7 @@ pub(super) fn describe(service: &Service, name: &str) -> Result<Value, ApiError>
 
 /// Deleting a missing thing succeeds, as on AWS.
 pub(super) fn delete(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
-    let expected = call
-        .query("expectedVersion")
-        .map(|text| {
-            text.parse::<i64>().map_err(|_| {
-                ApiError::InvalidRequest(format!("expectedVersion {text} is not a number"))
-            })
-        })
-        .transpose()?;
+    let expected = call.expected_version()?;
     service.registry.delete_thing(name, expected)?;
     Ok(json!({}))
 }
