@@ -238,12 +238,12 @@ async fn a_huge_serial_is_rejected_with_a_bounded_message_on_the_same_connection
     let target = target().await;
     let mut session = claim_session(&target, "hostile-huge").await;
     let token = token(&mut session, "huge").await;
-    // Control characters grow six-fold when JSON escapes them, quotes two-fold: an error
-    // that echoed the serial would not fit AWS's packet size on the way back.
+    // 131,100 bytes is close to the longest serial one PUBLISH holds; an error that quoted it
+    // whole, with its context around it, would not fit the packet size limit on the way back.
     for serial in [
-        "x".repeat(130_000),
-        "\u{1}".repeat(20_000),
-        "\"".repeat(60_000),
+        "x".repeat(131_100),
+        "\u{1}".repeat(21_000),
+        "\"".repeat(65_000),
     ] {
         let error = register(&mut session, &token, &serial)
             .await
