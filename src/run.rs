@@ -128,7 +128,11 @@ pub async fn execute(
             let target = Target::of(&emulator);
             (Some(emulator), target)
         }
-        Some(path) => (None, Target::standalone(scenario, path)?),
+        Some(path) => {
+            let target = Target::standalone(scenario, path)?;
+            target.check_reachable(path).await?;
+            (None, target)
+        }
     };
     let control = Arc::new(ControlPlane::for_endpoint(
         &target.control_url,
@@ -330,6 +334,33 @@ impl Target {
             root_pem: info.root_pem().map_err(cannot)?,
             claim: Some(info.claim().map_err(cannot)?),
         })
+    }
+}
+
+/// How long a standalone emulator's ports get to accept a connection before the run.
+const REACHABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Target {
+    /// A standalone emulator that is down would otherwise show only as every device
+    /// failing to connect, one backoff at a time: its two ports must accept first.
+    async fn check_reachable(&self, state: &Path) -> Result<(), RunError> {
+        let control = self.control_url.trim_start_matches("http://");
+        let control = control.trim_end_matches('/');
+        let mqtt = format!("{}:{}", self.endpoint.host, self.endpoint.port);
+        for (what, address) in [("MQTT", mqtt.as_str()), ("control plane", control)] {
+            let connect = tokio::net::TcpStream::connect(address);
+            let problem = match tokio::time::timeout(REACHABLE_WITHIN, connect).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {REACHABLE_WITHIN:?}"),
+            };
+            return Err(RunError::CannotStart(format!(
+                "the emulator described in {} does not accept {what} connections at {address}: \
+                 {problem}; is `fleetsim emulator` running?",
+                state.display()
+            )));
+        }
+        Ok(())
     }
 }
 

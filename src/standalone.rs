@@ -75,6 +75,8 @@ pub enum StandaloneError {
     Setup(String),
     #[error("{}: {reason}", path.display())]
     Info { path: PathBuf, reason: String },
+    #[error("claim credentials: {0}")]
+    Credentials(String),
 }
 
 /// A running standalone emulator.
@@ -185,18 +187,16 @@ impl EmulatorInfo {
             .map_err(|e| fault(format!("not an emulator description: {e}")))
     }
 
-    /// The claim certificate and key the emulator wrote.
+    /// The claim certificate and key the emulator wrote, checked as a pair: a damaged,
+    /// swapped or exposed file is refused here, by name, before any device starts.
     pub fn claim(&self) -> Result<SetupOutput, StandaloneError> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|e| StandaloneError::Info {
-                path: path.to_owned(),
-                reason: format!("cannot read: {e}"),
-            })
-        };
+        let claim =
+            crate::identity::files::read_pair(&self.claim_certificate, &self.claim_private_key)
+                .map_err(|e| StandaloneError::Credentials(e.to_string()))?;
         Ok(SetupOutput {
             claim_certificate_id: self.claim_certificate_id.clone(),
-            claim_certificate_pem: read(&self.claim_certificate)?,
-            claim_private_key_pem: read(&self.claim_private_key)?,
+            claim_certificate_pem: claim.certificate_pem,
+            claim_private_key_pem: claim.private_key_pem,
             endpoint: format!("{}:{}", self.mqtt_host, self.mqtt_port),
         })
     }

@@ -152,7 +152,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let deadline = Instant::now() + settings.step_timeout;
         let tcp = open_tcp(settings, deadline).await?;
-        let stream = handshake(&settings.endpoint.host, tcp, tls, deadline).await?;
+        let stream = handshake(&settings.endpoint, tcp, tls, deadline).await?;
         let mut wire = Framed::new(
             stream,
             Codec {
@@ -373,12 +373,15 @@ async fn resolve(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<SocketAd
 
 /// The client side of the TLS handshake; any failure here is the server
 /// refusing us or us refusing the server.
+/// The TLS handshake; its errors name the endpoint, since a wrong one (down, not TLS, a
+/// certificate for another name) is the usual cause.
 async fn handshake(
-    host: &str,
+    endpoint: &Endpoint,
     tcp: TcpStream,
     tls: Arc<rustls::ClientConfig>,
     deadline: Instant,
 ) -> Result<TlsStream<TcpStream>, SessionError> {
+    let Endpoint { host, port } = endpoint;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| {
         SessionError::new(
             FailureReason::TlsRefused,
@@ -387,8 +390,11 @@ async fn handshake(
     })?;
     timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
         .await
-        .map_err(|_| SessionError::timeout("TLS handshake"))?
-        .map_err(|e| SessionError::new(FailureReason::TlsRefused, format!("TLS handshake: {e}")))
+        .map_err(|_| SessionError::timeout(&format!("TLS handshake with {host}:{port}")))?
+        .map_err(|e| {
+            let detail = format!("TLS handshake with {host}:{port}: {e}");
+            SessionError::new(FailureReason::TlsRefused, detail)
+        })
 }
 
 /// CONNECT with a clean session, then the CONNACK. With TLS 1.3 a refused

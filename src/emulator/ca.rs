@@ -177,12 +177,14 @@ impl CertificateAuthority {
         csr_pem: &str,
         validity: Duration,
     ) -> Result<IssuedCertificate, CaError> {
+        // The key size comes first: a verifier that refuses a weak key would otherwise report
+        // its CSR as a bad signature.
+        check_key(csr_pem)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(csr_error)?;
         let algorithm = csr.public_key.algorithm();
         if !ACCEPTED_CSR_ALGORITHMS.contains(&algorithm) {
             return Err(CaError::UnsupportedCsr(format!("{algorithm:?}")));
         }
-        check_rsa_strength(csr_pem)?;
         let params = client_params(csr.params.distinguished_name.clone(), validity);
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
@@ -191,9 +193,10 @@ impl CertificateAuthority {
     }
 }
 
-/// AWS accepts RSA keys of at least 2048 bits [aws-iot-facts §4.1]; rcgen
-/// names the algorithm but not the key size, so the CSR is read once more.
-fn check_rsa_strength(csr_pem: &str) -> Result<(), CaError> {
+/// AWS accepts RSA keys of at least 2048 bits and EC keys on P-256, P-384 or P-521
+/// [aws-iot-facts §4.1]. rcgen names neither the key size nor the curve, so the CSR is read
+/// once more, before its signature is checked.
+fn check_key(csr_pem: &str) -> Result<(), CaError> {
     use rustls::pki_types::{CertificateSigningRequestDer, pem::PemObject};
     use x509_parser::prelude::{FromDer, X509CertificationRequest};
     use x509_parser::public_key::PublicKey;
@@ -201,18 +204,35 @@ fn check_rsa_strength(csr_pem: &str) -> Result<(), CaError> {
         .map_err(|_| CaError::MalformedCsr)?;
     let (_, csr) =
         X509CertificationRequest::from_der(der.as_ref()).map_err(|_| CaError::MalformedCsr)?;
-    let key = csr.certification_request_info.subject_pki.parsed();
-    match key {
+    let spki = &csr.certification_request_info.subject_pki;
+    match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) if rsa.key_size() < MIN_RSA_BITS => {
             Err(CaError::UnsupportedCsr(format!(
                 "RSA key of {} bits; at least {MIN_RSA_BITS} required",
                 rsa.key_size()
             )))
         }
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let curve = curve.map(|oid| oid.to_id_string()).unwrap_or_default();
+            match ACCEPTED_EC_CURVES.contains(&curve.as_str()) {
+                true => Ok(()),
+                false => Err(CaError::UnsupportedCsr(format!(
+                    "EC key on curve {curve}; P-256, P-384 or P-521 required"
+                ))),
+            }
+        }
         Ok(_) => Ok(()),
         Err(_) => Err(CaError::MalformedCsr),
     }
 }
+
+/// The named curves AWS IoT signs: P-256, P-384, P-521.
+const ACCEPTED_EC_CURVES: [&str; 3] = ["1.2.840.10045.3.1.7", "1.3.132.0.34", "1.3.132.0.35"];
 
 /// The smallest RSA modulus AWS IoT signs.
 const MIN_RSA_BITS: usize = 2048;

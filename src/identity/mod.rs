@@ -3,6 +3,7 @@
 //! credential store that keeps them across reconnects and crashes.
 
 pub mod certificate;
+pub mod files;
 pub mod store;
 pub mod tls;
 
@@ -30,6 +31,11 @@ pub enum IdentityError {
     },
     #[error("TLS configuration refused the credentials: {0}")]
     Tls(String),
+    #[error("{}: {reason}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// A certificate and its private key, as PEM. `Debug` never prints the key.

@@ -211,11 +211,9 @@ impl ScenarioError {
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Scenario::parse(&text, path)
+        let bytes = read_bounded(path)?;
+        let text = std::str::from_utf8(&bytes).map_err(|error| not_utf8(path, &bytes, &error))?;
+        Scenario::parse(text, path)
     }
 
     /// Parses and validates scenario text; `path` is only used in errors.
@@ -229,6 +227,63 @@ impl Scenario {
     pub fn to_real(&self, simulated: Duration) -> Duration {
         simulated.div_f64(self.clock.speedup)
     }
+}
+
+/// The largest scenario file read. Real ones are a few hundred bytes; the bound keeps a
+/// mistaken path (a log, `/dev/zero`) from being read into memory whole.
+pub const MAX_SCENARIO_BYTES: u64 = 1024 * 1024;
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ScenarioError> {
+    use std::io::Read;
+    let read_error = |source| ScenarioError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        let problem = fields::Problem {
+            at: tree::Pos { line: 1, column: 1 },
+            field: TOP_LEVEL.to_owned(),
+            reason: format!(
+                "the file is larger than {MAX_SCENARIO_BYTES} bytes; is it a scenario?"
+            ),
+        };
+        return Err(ScenarioError::invalid(path, problem));
+    }
+    Ok(bytes)
+}
+
+/// Points at the first byte that is not UTF-8, inside the field it interrupts.
+fn not_utf8(path: &Path, bytes: &[u8], error: &std::str::Utf8Error) -> ScenarioError {
+    let valid = std::str::from_utf8(&bytes[..error.valid_up_to()])
+        .expect("invariant: bytes up to valid_up_to are UTF-8");
+    let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+    let at = tree::Pos {
+        line: valid.matches('\n').count() + 1,
+        column: valid[line_start..].chars().count() + 1,
+    };
+    // The field is the one whose token holds the byte: replay the parser over the text with
+    // the bad bytes replaced, up to that token's start.
+    let line = &valid[line_start..];
+    let token = line
+        .rfind([' ', '\t', ':', ',', '[', '{'])
+        .map_or(0, |i| i + 1);
+    let token_at = tree::Pos {
+        line: at.line,
+        column: line[..token].chars().count() + 1,
+    };
+    let lossy = String::from_utf8_lossy(bytes);
+    let byte = bytes[error.valid_up_to()];
+    let problem = fields::Problem {
+        at,
+        field: syntax::field_path_at(&lossy, token_at),
+        reason: format!("byte {byte:#04x} is not UTF-8; a scenario must be UTF-8 text"),
+    };
+    ScenarioError::invalid(path, problem)
 }
 
 impl SerialPattern {

@@ -53,7 +53,7 @@ enum Frame {
 }
 
 /// The dotted path of the node being read at `at`, e.g. `rotation.jitter`.
-fn field_path_at(text: &str, at: Pos) -> String {
+pub(crate) fn field_path_at(text: &str, at: Pos) -> String {
     let mut stack: Vec<Frame> = Vec::new();
     for item in Parser::new_from_str(text) {
         let Ok((event, span)) = item else {

@@ -151,6 +151,12 @@ pub(crate) fn parse_serial_pattern(text: &str) -> Result<SerialPattern, String> 
     let (prefix, suffix) = (&text[..open], &text[close + 1..]);
     let width = placeholder_width(&text[open + 1..close])
         .ok_or_else(|| format!("`{text}`: placeholder must be {{seq}} or {{seq:N}}"))?;
+    // Checked here, before any serial is formatted: `format!` panics on a width over u16.
+    if width > MAX_SERIAL_CHARS {
+        return Err(format!(
+            "`{text}`: a width of {width} exceeds the {MAX_SERIAL_CHARS}-character serial limit"
+        ));
+    }
     check_serial_literal(text, prefix)?;
     check_serial_literal(text, suffix)?;
     Ok(SerialPattern {
@@ -179,8 +185,11 @@ fn check_serial_literal(pattern: &str, literal: &str) -> Result<(), String> {
         ));
     }
     match literal.chars().find(|c| !is_name_char(*c)) {
+        // Escaped, so that a NUL or a control character is visible in the message.
         Some(c) => Err(format!(
-            "`{pattern}` contains `{c}`; literal text may only use A-Z, a-z, 0-9, _ and -"
+            "`{}` contains `{}`; literal text may only use A-Z, a-z, 0-9, _ and -",
+            pattern.escape_debug(),
+            c.escape_debug()
         )),
         None => Ok(()),
     }
@@ -246,7 +255,9 @@ pub(crate) fn check_name(text: &str, max: usize) -> Result<(), String> {
     }
     match text.chars().find(|c| !is_name_char(*c)) {
         Some(c) => Err(format!(
-            "`{text}` contains `{c}`; only A-Z, a-z, 0-9, _ and - are allowed"
+            "`{}` contains `{}`; only A-Z, a-z, 0-9, _ and - are allowed",
+            text.escape_debug(),
+            c.escape_debug()
         )),
         None => Ok(()),
     }
@@ -375,7 +386,8 @@ mod tests {
 
     #[test]
     fn serials_longer_than_the_limit_are_refused() {
-        let pattern = parse_serial_pattern("{seq:101}").expect("valid pattern");
+        assert!(parse_serial_pattern("{seq:101}").is_err(), "width over the limit");
+        let pattern = parse_serial_pattern("a{seq:100}").expect("valid pattern");
         assert!(check_serial_length(&pattern, 10).is_err());
         let pattern = parse_serial_pattern("{seq:100}").expect("valid pattern");
         assert!(check_serial_length(&pattern, 10).is_ok());

@@ -134,9 +134,7 @@ impl Broker {
         registry: Arc<Registry>,
         provisioning: Arc<FleetProvisioning>,
     ) -> std::io::Result<BrokerHandle> {
-        let listener = std::net::TcpListener::bind(config.bind)?;
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener)?;
+        let listener = listen(config.bind)?;
         let local_addr = listener.local_addr()?;
         let events = registry.subscribe_events();
         let shared = Arc::new(Shared {
@@ -161,6 +159,23 @@ impl Broker {
             tracker,
         })
     }
+}
+
+/// Connections the kernel completes and queues before the broker accepts them. The default
+/// of 128 makes a reconnect storm's surplus SYNs wait out the client's retransmit timer
+/// (1 s, then 3 s, then 7 s); the kernel caps this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds the listener with a backlog that absorbs a fleet reconnecting at once.
+fn listen(bind: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// A running broker. Dropping it stops the broker too, without waiting.

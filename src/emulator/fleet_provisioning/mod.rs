@@ -156,8 +156,9 @@ impl FleetProvisioning {
         .increment(1);
         metrics::histogram!(crate::observe::metrics::EMULATOR_REQUEST_DURATION, "api" => api)
             .record(started.elapsed().as_secs_f64());
-        let payload = outcome.unwrap_or_else(|error| {
+        let payload = outcome.unwrap_or_else(|mut error| {
             tracing::debug!(client_id = %peer.client_id, api, error = %error, "provisioning rejected");
+            truncate_message(&mut error.error_message);
             format::encode(format, &error)
         });
         Some(Reply {
@@ -441,6 +442,24 @@ fn refused_thing(error: RegistryError) -> ErrorResponse {
         }
         other => ErrorResponse::new(400, "InvalidRequestException", other.to_string()),
     }
+}
+
+/// The longest `errorMessage` a rejection carries. Messages quote what the device sent (a
+/// serde error quotes a mistyped string whole); unbounded, a 128 KiB request would get a
+/// reply too large for the packet size limit, and the broker would close the connection
+/// instead of answering.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+fn truncate_message(message: &mut String) {
+    if message.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return;
+    }
+    let mut cut = MAX_ERROR_MESSAGE_BYTES - "...".len();
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str("...");
 }
 
 /// A failure on the emulator's side, not the device's.

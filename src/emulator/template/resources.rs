@@ -348,13 +348,23 @@ fn registry_name(
     Ok(name)
 }
 
+/// A name as an error message shows it: a device controls it, and the message goes back to
+/// the device inside one MQTT packet.
+fn shortened(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &name[..cut], name.len()),
+        None => name.to_owned(),
+    }
+}
+
 fn check_registry_name(name: &str, at: &str, kind: &str) -> Result<(), TemplateError> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-');
     match (1..=128).contains(&name.len()) && name.chars().all(valid_char) {
         true => Ok(()),
         false => Err(TemplateError::evaluation(
             at,
-            format!("`{name}` is not a valid {kind} name"),
+            format!("`{}` is not a valid {kind} name", shortened(name)),
         )),
     }
 }
