@@ -143,6 +143,13 @@ enum BenchKind {
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
     },
+    /// Micro-benchmarks of topic matching, policy evaluation and MQTT
+    /// encoding and decoding.
+    Micro {
+        /// Operations per round (11 rounds; the median is reported).
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+    },
     /// The same fleet against a standalone emulator and against mosquitto
     /// (mutual TLS, same CA and certificates): connect and publish only.
     Mosquitto {
@@ -158,6 +165,7 @@ impl BenchKind {
     fn default_output(&self) -> PathBuf {
         let name = match self {
             BenchKind::Crypto { .. } => "crypto".to_owned(),
+            BenchKind::Micro { .. } => "micro".to_owned(),
             BenchKind::Provision { devices, .. } => format!("provision-{devices}"),
             BenchKind::Memory { devices, .. } => format!("memory-{devices}"),
             BenchKind::Telemetry { devices, .. } => format!("telemetry-{devices}"),
@@ -170,7 +178,7 @@ impl BenchKind {
     /// every device of an in-process fleet.
     fn open_files(&self) -> u64 {
         match self {
-            BenchKind::Crypto { .. } => 0,
+            BenchKind::Crypto { .. } | BenchKind::Micro { .. } => 0,
             BenchKind::Provision { devices, .. }
             | BenchKind::Memory { devices, .. }
             | BenchKind::Telemetry { devices, .. } => 2 * devices,
@@ -432,6 +440,10 @@ fn bench(kind: BenchKind, output: Option<PathBuf>) -> ExitCode {
             BenchKind::Crypto { seconds } => bench::ceilings(seconds)
                 .await
                 .map(|all| serde_json::json!({ "host": host, "ceilings": all })),
+            BenchKind::Micro { ops } => Ok(serde_json::json!({
+                "host": host,
+                "micro": bench::micro::run_all(ops),
+            })),
             BenchKind::Provision {
                 devices,
                 rate,

@@ -12,6 +12,7 @@ pub mod child;
 pub mod crypto;
 pub mod fleet;
 pub mod host;
+pub mod micro;
 pub mod mosquitto;
 
 use std::path::Path;
