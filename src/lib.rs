@@ -5,6 +5,7 @@
 //! on a compressed clock, against an embedded IoT Core emulator or a real
 //! endpoint. The binary in `main.rs` is a thin command line over this library.
 
+pub mod bench;
 pub mod console;
 pub mod control;
 pub mod device;

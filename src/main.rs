@@ -86,11 +86,105 @@ enum Command {
     },
     /// Run the IoT Core emulator on its own until Ctrl-C or SIGTERM.
     Emulator(EmulatorArgs),
+    /// Measure fleetsim on this machine and write the results as JSON
+    /// (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        kind: BenchKind,
+        /// Where to write the results (default benches/results/<kind>.json).
+        #[arg(long, global = true)]
+        output: Option<PathBuf>,
+    },
     /// Check a scenario file without running it.
     Validate {
         /// The scenario file (YAML).
         scenario: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// The crypto ceiling of one provisioning and one rotation on every
+    /// core, for each key exchange a device can offer.
+    Crypto {
+        /// Seconds per flow and key exchange.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Provision a fleet with the emulator in-process, hold it idle, then
+    /// rotate every certificate once; the ceiling is measured first.
+    Provision {
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        /// Arrivals per second (default: 80% of the measured ceiling).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds per flow of the crypto ceiling.
+        #[arg(long, default_value_t = 3.0)]
+        ceiling_seconds: f64,
+    },
+    /// Memory of an online idle fleet, the emulator in its own process.
+    Memory {
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+    },
+    /// QoS 1 telemetry through the in-process emulator.
+    Telemetry {
+        #[arg(long, default_value_t = 10_000)]
+        devices: u64,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Time between two messages of one device.
+        #[arg(long, default_value = "1s", value_parser = fleetsim::scenario::parse_duration)]
+        interval: Duration,
+        /// How long the fleet publishes.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
+    /// Micro-benchmarks of topic matching, policy evaluation and MQTT
+    /// encoding and decoding.
+    Micro {
+        /// Operations per round (11 rounds; the median is reported).
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+    },
+    /// The same fleet against a standalone emulator and against mosquitto
+    /// (mutual TLS, same CA and certificates): connect and publish only.
+    Mosquitto {
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        /// QoS 1 messages each device publishes.
+        #[arg(long, default_value_t = 10)]
+        messages: u64,
+    },
+}
+
+impl BenchKind {
+    fn default_output(&self) -> PathBuf {
+        let name = match self {
+            BenchKind::Crypto { .. } => "crypto".to_owned(),
+            BenchKind::Micro { .. } => "micro".to_owned(),
+            BenchKind::Provision { devices, .. } => format!("provision-{devices}"),
+            BenchKind::Memory { devices, .. } => format!("memory-{devices}"),
+            BenchKind::Telemetry { devices, .. } => format!("telemetry-{devices}"),
+            BenchKind::Mosquitto { devices, .. } => format!("mosquitto-{devices}"),
+        };
+        PathBuf::from("benches/results").join(format!("{name}.json"))
+    }
+
+    /// Open files the benchmark needs: a client and a server end for
+    /// every device of an in-process fleet.
+    fn open_files(&self) -> u64 {
+        match self {
+            BenchKind::Crypto { .. } | BenchKind::Micro { .. } => 0,
+            BenchKind::Provision { devices, .. }
+            | BenchKind::Memory { devices, .. }
+            | BenchKind::Telemetry { devices, .. } => 2 * devices,
+            BenchKind::Mosquitto { devices, .. } => *devices,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -192,10 +286,12 @@ fn main() -> ExitCode {
                 console,
                 shard,
                 source_addresses,
+                recorder_tap: None,
             };
             run(&scenario, options)
         }
         Command::Emulator(args) => standalone(args),
+        Command::Bench { kind, output } => bench(kind, output),
         Command::Report {
             command: ReportCommand::Merge { reports, output },
         } => merge(&reports, output.as_deref()),
@@ -299,6 +395,10 @@ fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_START);
         }
     };
+    if let Err(error) = raise_open_file_limit(run_open_files(&scenario, &options)) {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_CANNOT_START);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,7 +423,120 @@ fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
     })
 }
 
+fn bench(kind: BenchKind, output: Option<PathBuf>) -> ExitCode {
+    if let Err(error) = raise_open_file_limit(kind.open_files()) {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_CANNOT_START);
+    }
+    let output = output.unwrap_or_else(|| kind.default_output());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts on any supported platform");
+    let written = runtime.block_on(async {
+        use fleetsim::bench;
+        let host = fleetsim::bench::host::HostInfo::now();
+        let results = match kind {
+            BenchKind::Crypto { seconds } => bench::ceilings(seconds)
+                .await
+                .map(|all| serde_json::json!({ "host": host, "ceilings": all })),
+            BenchKind::Micro { ops } => Ok(serde_json::json!({
+                "host": host,
+                "micro": bench::micro::run_all(ops),
+            })),
+            BenchKind::Provision {
+                devices,
+                rate,
+                ceiling_seconds,
+            } => bench::provision(devices, rate, ceiling_seconds)
+                .await
+                .map(to_json),
+            BenchKind::Memory { devices, rate } => bench::memory(devices, rate).await.map(to_json),
+            BenchKind::Telemetry {
+                devices,
+                rate,
+                interval,
+                seconds,
+            } => bench::telemetry(devices, rate, interval, seconds)
+                .await
+                .map(to_json),
+            BenchKind::Mosquitto { devices, messages } => {
+                bench::mosquitto::compare(devices, messages)
+                    .await
+                    .map(to_json)
+            }
+        }?;
+        bench::write_results(&output, &results)
+    });
+    match written {
+        Ok(text) => {
+            println!("{text}");
+            eprintln!("results written to {}", output.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CANNOT_START)
+        }
+    }
+}
+
+fn to_json(results: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(results).expect("invariant: benchmark results are plain data")
+}
+
+/// Headroom for the listeners, the control plane, logs and the state
+/// directory beside the connections.
+const SPARE_OPEN_FILES: u64 = 1024;
+
+/// Raises this process's open-file limit to fit `connections` sockets.
+/// The soft limit goes up to the hard one; a root process may raise the
+/// hard limit too (up to the kernel's `fs.nr_open`). Anything less than
+/// needed is refused with what to do about it.
+fn raise_open_file_limit(connections: u64) -> Result<u64, String> {
+    use rlimit::Resource;
+    let wanted = connections + SPARE_OPEN_FILES;
+    let (soft, hard) = Resource::NOFILE
+        .get()
+        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
+    if soft >= wanted {
+        return Ok(soft);
+    }
+    if hard >= wanted {
+        Resource::NOFILE
+            .set(wanted, hard)
+            .map_err(|e| format!("cannot raise the open-file limit to {wanted}: {e}"))?;
+        return Ok(wanted);
+    }
+    Resource::NOFILE.set(wanted, wanted).map_err(|e| {
+        format!(
+            "{connections} connections need about {wanted} open files, but the limit is \
+             {soft} (hard {hard}) and cannot be raised: {e}; raise it with `ulimit -n {wanted}` \
+             (as root) or in /etc/security/limits.conf, or split the fleet with --shard"
+        )
+    })?;
+    Ok(wanted)
+}
+
+/// Sockets a run opens at most: one per device, and the emulator's end of
+/// each when it runs inside this process.
+fn run_open_files(scenario: &Scenario, options: &RunOptions) -> u64 {
+    let devices = scenario
+        .fleet
+        .size
+        .div_ceil(u64::from(options.shard.count.max(1)));
+    let ends = if options.emulator.is_none() { 2 } else { 1 };
+    devices * ends
+}
+
+/// Connections a standalone emulator makes room for; fewer is a warning,
+/// not a refusal, since nothing says how many clients will come.
+const STANDALONE_CONNECTIONS: u64 = 256 * 1024;
+
 fn standalone(args: EmulatorArgs) -> ExitCode {
+    if let Err(error) = raise_open_file_limit(STANDALONE_CONNECTIONS) {
+        tracing::warn!(%error, "the emulator may run out of file descriptors");
+    }
     let console = match args
         .console
         .map(|addr| console_options(addr, args.console_no_auth))

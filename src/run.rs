@@ -57,6 +57,9 @@ pub struct RunOptions {
     /// Local addresses device connections start from, in turn; empty lets
     /// the operating system choose.
     pub source_addresses: Vec<std::net::IpAddr>,
+    /// Told the run's recorder as soon as it exists, so that a caller (the
+    /// benchmarks) can watch the fleet's counts while the run goes on.
+    pub recorder_tap: Option<tokio::sync::mpsc::UnboundedSender<Arc<Recorder>>>,
 }
 /// Where and how the web console is served.
 #[derive(Debug, Clone)]
@@ -146,6 +149,9 @@ pub async fn execute(
     let (store, credentials_dir) = credential_store(scenario, plan.shard)?;
     let recorder = Arc::new(Recorder::new(&scenario.name));
     recorder.publish_objectives(&scenario.slo);
+    if let Some(tap) = &options.recorder_tap {
+        let _ = tap.send(Arc::clone(&recorder));
+    }
     let stop = CancellationToken::new();
     let mut context = device_context(scenario, &target, &setup, store, control, &recorder, &stop)?;
     let live = options.console.as_ref().map(|_| Arc::new(LiveTable::new()));
@@ -475,6 +481,12 @@ fn device_context(
     stop: &CancellationToken,
 ) -> Result<DeviceContext, RunError> {
     let endpoint = target.endpoint.clone();
+    let claim = Credentials {
+        certificate_pem: setup.claim_certificate_pem.clone(),
+        private_key_pem: setup.claim_private_key_pem.clone(),
+    };
+    let claim_tls = crate::identity::tls::client_config(&target.root_pem, &claim)
+        .map_err(|e| RunError::CannotStart(format!("claim credentials: {e}")))?;
     Ok(DeviceContext {
         connect: ConnectSettings {
             endpoint,
@@ -483,10 +495,8 @@ fn device_context(
             sources: SourceAddresses::default(),
         },
         root_pem: target.root_pem.clone(),
-        claim: Credentials {
-            certificate_pem: setup.claim_certificate_pem.clone(),
-            private_key_pem: setup.claim_private_key_pem.clone(),
-        },
+        claim,
+        claim_tls,
         template: scenario.provisioning.template.clone(),
         method: scenario.provisioning.method,
         store,

@@ -3,11 +3,13 @@
 //! the store's atomic install. A rotation reuses the same requests over the
 //! device's own connection.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::mqtt::{Session, SessionError};
 use super::task::{Device, GaveUp, Issued, short};
-use crate::identity::{Credentials, generate_key_and_csr, tls::client_config};
+use crate::identity::{Credentials, generate_key_and_csr};
 use crate::observe::{FailureReason, Op};
 use crate::provisioning::{
     CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse,
@@ -34,12 +36,7 @@ impl Device {
     }
 
     pub(super) async fn provision_once(&mut self, due: Instant) -> Result<(), (Op, SessionError)> {
-        let claim_tls = client_config(&self.ctx.root_pem, &self.ctx.claim).map_err(|e| {
-            (
-                Op::ClaimConnect,
-                SessionError::new(FailureReason::Protocol, e.to_string()),
-            )
-        })?;
+        let claim_tls = Arc::clone(&self.ctx.claim_tls);
         let client_id = format!("provision-{}", self.serial);
         let mut session = Session::connect(&self.ctx.connect, &client_id, claim_tls)
             .await

@@ -42,6 +42,8 @@ pub struct DeviceContext {
     pub connect: ConnectSettings,
     pub root_pem: String,
     pub claim: Credentials,
+    /// The claim's TLS configuration, built once for the whole fleet.
+    pub claim_tls: Arc<rustls::ClientConfig>,
     pub template: String,
     /// How devices get certificates, at provisioning and at every rotation.
     pub method: ProvisioningMethod,
@@ -73,6 +75,7 @@ impl DeviceContext {
             connect: self.connect.clone(),
             root_pem: self.root_pem.clone(),
             claim: self.claim.clone(),
+            claim_tls: Arc::clone(&self.claim_tls),
             template: self.template.clone(),
             method: self.method,
             store,
