@@ -16,3 +16,4 @@ pub mod provisioning;
 pub mod run;
 pub mod scenario;
 pub mod standalone;
+pub mod target;

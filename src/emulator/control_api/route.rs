@@ -35,6 +35,7 @@ pub(super) enum Operation {
     ListThings,
     UpdateProvisioningTemplate { template: String },
     DeleteProvisioningTemplate { template: String },
+    ListTargetsForPolicy { policy: String },
 }
 
 impl Operation {
@@ -86,6 +87,9 @@ impl Operation {
             ("DELETE", ["provisioning-templates", _]) => Operation::DeleteProvisioningTemplate {
                 template: label(1)?,
             },
+            ("POST", ["policy-targets", _]) => {
+                Operation::ListTargetsForPolicy { policy: label(1)? }
+            }
             _ => return Err(unknown_operation(method, raw_path)),
         };
         Ok(operation)
@@ -117,6 +121,7 @@ impl Operation {
             Operation::ListThings => "ListThings",
             Operation::UpdateProvisioningTemplate { .. } => "UpdateProvisioningTemplate",
             Operation::DeleteProvisioningTemplate { .. } => "DeleteProvisioningTemplate",
+            Operation::ListTargetsForPolicy { .. } => "ListTargetsForPolicy",
         }
     }
 }
