@@ -319,7 +319,8 @@ async fn setup(args: SetupArgs) -> ExitCode {
     };
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
     let control = ControlPlane::from_sdk_config(&sdk);
-    let planned = match target::plan_setup(&request, &control, &region).await {
+    let iam = iam_unless_overridden(&request.access, &sdk);
+    let planned = match target::plan_setup(&request, &control, iam.as_ref(), &region).await {
         Ok(planned) => planned,
         Err(error) => return cannot(error),
     };
@@ -335,7 +336,7 @@ async fn setup(args: SetupArgs) -> ExitCode {
     if !go_ahead(t, &format!("create {} resources?", planned.plan.creates())) {
         return ExitCode::SUCCESS;
     }
-    match target::setup(&request, &control, &planned).await {
+    match target::setup(&request, &control, iam.as_ref(), &planned).await {
         Ok(_) => {
             let file = request.target_dir().join(target::TARGET_FILE);
             println!("setup complete; `fleetsim run` reads {}", file.display());
@@ -365,8 +366,9 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
         Err(error) => return cannot(error),
     };
     let control = ControlPlane::from_sdk_config(&sdk);
+    let iam = iam_unless_overridden(&access(t, previous.as_ref()), &sdk);
     let request = CleanupRequest { prefix, target_dir };
-    let found = match target::plan_cleanup(&request, &control).await {
+    let found = match target::plan_cleanup(&request, &control, iam.as_ref()).await {
         Ok(found) => found,
         Err(error) => return cannot(error),
     };
@@ -382,7 +384,7 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
     if !go_ahead(t, "delete all of this?") {
         return ExitCode::SUCCESS;
     }
-    match target::cleanup(&control, &found).await {
+    match target::cleanup(&control, iam.as_ref(), &found).await {
         Ok(()) => {
             println!(
                 "cleanup complete: nothing is left under prefix {}",
@@ -392,6 +394,18 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
         }
         Err(error) => cannot(format!("{error}\n(run cleanup again to remove the rest)")),
     }
+}
+
+/// IAM, unless control-plane calls go to an endpoint override: that is a
+/// stand-in for IoT only (the emulator), and IAM must not be called there.
+fn iam_unless_overridden(
+    access: &AwsAccess,
+    sdk: &aws_config::SdkConfig,
+) -> Option<target::ProvisioningRole> {
+    access
+        .endpoint_url
+        .is_none()
+        .then(|| target::ProvisioningRole::from_sdk_config(sdk))
 }
 
 /// Flags first, then what the target description recorded, then the chain.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_iot::types::CertificateStatus;
 
+use super::role::ProvisioningRole;
 use super::{Change, Plan, Prefix, TargetError};
 use crate::control::{ControlError, ControlPlane};
 
@@ -40,6 +41,8 @@ pub struct CleanupPlan {
     certificates: BTreeMap<String, String>,
     template: Option<String>,
     policies: Vec<String>,
+    /// The ARN of the provisioning role, when fleetsim created it.
+    role: Option<String>,
     target_dir: Option<PathBuf>,
 }
 
@@ -53,10 +56,13 @@ impl CleanupPlan {
     }
 }
 
-/// Lists what exists under the prefix, paging through every listing.
+/// Lists what exists under the prefix, paging through every listing. The
+/// role is looked up only when `iam` is given (not with an endpoint
+/// override), and only a role carrying the prefix's tag is deleted.
 pub async fn plan_cleanup(
     request: &CleanupRequest,
     control: &ControlPlane,
+    iam: Option<&ProvisioningRole>,
 ) -> Result<CleanupPlan, TargetError> {
     let prefix = &request.prefix;
     let mut found = CleanupPlan {
@@ -85,6 +91,9 @@ pub async fn plan_cleanup(
         }
     }
     found.template = template(control, &prefix.template()).await?;
+    if let Some(iam) = iam {
+        found.role = iam.find(prefix).await?.filter(|r| r.ours).map(|r| r.arn);
+    }
     found.target_dir = request
         .target_dir
         .exists()
@@ -95,7 +104,11 @@ pub async fn plan_cleanup(
 
 /// Removes what the plan found. Each step tolerates a resource that is
 /// already gone.
-pub async fn cleanup(control: &ControlPlane, found: &CleanupPlan) -> Result<(), TargetError> {
+pub async fn cleanup(
+    control: &ControlPlane,
+    iam: Option<&ProvisioningRole>,
+    found: &CleanupPlan,
+) -> Result<(), TargetError> {
     for (thing, certificates) in &found.things {
         for id in certificates {
             detach_thing_principal(control, thing, id).await?;
@@ -133,6 +146,10 @@ pub async fn cleanup(control: &ControlPlane, found: &CleanupPlan) -> Result<(), 
         })
         .await?;
     }
+    if let (Some(arn), Some(iam)) = (&found.role, iam) {
+        let prefix = Prefix::new(&found.prefix)?;
+        iam.delete(&prefix, arn).await?;
+    }
     if let Some(dir) = &found.target_dir {
         remove_dir(dir)?;
     }
@@ -166,6 +183,9 @@ fn describe(found: &CleanupPlan) -> Plan {
     for policy in &found.policies {
         plan.changes
             .push(Change::Delete(format!("policy {policy}")));
+    }
+    if let Some(arn) = &found.role {
+        plan.changes.push(Change::Delete(format!("IAM role {arn}")));
     }
     if let Some(dir) = &found.target_dir {
         plan.changes

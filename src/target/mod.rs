@@ -11,6 +11,7 @@ mod cleanup;
 mod config;
 mod cost;
 mod names;
+mod role;
 mod root_ca;
 mod setup;
 
@@ -20,12 +21,16 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use crate::control::ControlError;
 
-pub use self::cleanup::{CleanupRequest, cleanup, plan_cleanup};
+pub use self::cleanup::{CleanupPlan, CleanupRequest, cleanup, plan_cleanup};
 pub use self::config::{TARGET_FILE, TargetConfig};
 pub use self::cost::RunEstimate;
 pub use self::names::{DEFAULT_PREFIX, Prefix};
+pub use self::role::{
+    FoundRole, PREFIX_TAG, ProvisioningRole, THINGS_REGISTRATION_POLICY, TRUST_POLICY,
+    managed_policy_arn,
+};
 pub use self::root_ca::{AMAZON_ROOT_CA_1, AMAZON_ROOT_CA_1_SHA256, verify_amazon_root_ca};
-pub use self::setup::{SetupRequest, plan_setup, setup};
+pub use self::setup::{SetupPlan, SetupRequest, plan_setup, setup};
 
 /// How to reach the account: each `None` falls back to the SDK's chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

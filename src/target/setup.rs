@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::config::{
     CLAIM_CERTIFICATE_FILE, CLAIM_KEY_FILE, ROOT_CA_FILE, TARGET_FILE, holds, write_private,
 };
+use super::role::ProvisioningRole;
 use super::{AMAZON_ROOT_CA_1, AwsAccess, Change, Plan, Prefix, TargetConfig, TargetError};
 use crate::control::{ControlError, ControlPlane, SetupNames, SetupSpec};
 
@@ -22,8 +23,8 @@ pub struct SetupRequest {
     /// The account id for the policy documents; taken from the role's ARN
     /// when absent.
     pub account_id: Option<String>,
-    /// An existing provisioning role; when absent one is named after the
-    /// prefix and must already exist.
+    /// An existing provisioning role; when absent, `<prefix>-provisioning`
+    /// is used if it exists and created through IAM if not.
     pub role_arn: Option<String>,
     pub hook_arn: Option<String>,
     /// `host[:port]` to connect devices to instead of DescribeEndpoint's.
@@ -44,8 +45,8 @@ impl SetupRequest {
 #[derive(Debug, Clone)]
 pub struct SetupPlan {
     pub plan: Plan,
-    spec: SetupSpec,
-    role_arn: String,
+    region: String,
+    role: RolePlan,
     create_claim_policy: bool,
     create_device_policy: bool,
     create_template: bool,
@@ -54,25 +55,52 @@ pub struct SetupPlan {
     root_pem: String,
 }
 
+/// Where the provisioning role comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RolePlan {
+    /// The user named it with `--role-arn`.
+    Given(String),
+    /// `<prefix>-provisioning` exists; `ours` when setup created it.
+    Existing {
+        arn: String,
+        ours: bool,
+    },
+    Create,
+}
+
+/// Stands in for the account while the documents are checked during
+/// planning: the real one may only be known once the role exists.
+const PLANNING_ACCOUNT: &str = "000000000000";
+
 /// Reads the account and the target folder and says what `setup` would do.
+/// `iam` is `None` when IAM is out of reach (an endpoint override): the
+/// role must then be given.
 pub async fn plan_setup(
     request: &SetupRequest,
     control: &ControlPlane,
+    iam: Option<&ProvisioningRole>,
     region: &str,
 ) -> Result<SetupPlan, TargetError> {
-    let role_arn = provisioning_role(request)?;
-    let account_id = match &request.account_id {
-        Some(account) => account.clone(),
-        None => account_of(&role_arn)?,
-    };
-    let spec = spec(request, &account_id, region, &role_arn)?;
-    let names = &spec.names;
+    spec(
+        request,
+        PLANNING_ACCOUNT,
+        region,
+        "arn:aws:iam::000000000000:role/planning",
+    )?;
     let mut plan = Plan::default();
-    plan.changes
-        .push(Change::Keep(format!("provisioning role {role_arn}")));
-    let create_claim_policy = !policy_exists(control, &names.claim_policy, &mut plan).await?;
-    let create_device_policy = !policy_exists(control, &names.device_policy, &mut plan).await?;
-    let create_template = !template_exists(control, &names.template, &mut plan).await?;
+    let role = plan_role(request, iam).await?;
+    plan.changes.push(match &role {
+        RolePlan::Given(arn) => Change::Keep(format!("provisioning role {arn} (given)")),
+        RolePlan::Existing { arn, .. } => Change::Keep(format!("provisioning role {arn}")),
+        RolePlan::Create => Change::Create(format!(
+            "IAM role {} with AWSIoTThingsRegistration",
+            request.prefix.role()
+        )),
+    });
+    let prefix = &request.prefix;
+    let create_claim_policy = !policy_exists(control, &prefix.claim_policy(), &mut plan).await?;
+    let create_device_policy = !policy_exists(control, &prefix.device_policy(), &mut plan).await?;
+    let create_template = !template_exists(control, &prefix.template(), &mut plan).await?;
     let kept_claim = kept_claim(request, control).await?;
     plan.changes.push(match &kept_claim {
         Some(config) => Change::Keep(format!(
@@ -96,8 +124,8 @@ pub async fn plan_setup(
     });
     Ok(SetupPlan {
         plan,
-        spec,
-        role_arn,
+        region: region.to_owned(),
+        role,
         create_claim_policy,
         create_device_policy,
         create_template,
@@ -111,10 +139,17 @@ pub async fn plan_setup(
 pub async fn setup(
     request: &SetupRequest,
     control: &ControlPlane,
+    iam: Option<&ProvisioningRole>,
     planned: &SetupPlan,
 ) -> Result<TargetConfig, TargetError> {
-    let names = &planned.spec.names;
-    let files = &planned.spec.files;
+    let (role_arn, role_created) = ensure_role(request, iam, &planned.role).await?;
+    let account_id = match &request.account_id {
+        Some(account) => account.clone(),
+        None => account_of(&role_arn)?,
+    };
+    let spec = spec(request, &account_id, &planned.region, &role_arn)?;
+    let names = &spec.names;
+    let files = &spec.files;
     if planned.create_claim_policy {
         control
             .ensure_policy(&names.claim_policy, &files.claim_policy)
@@ -126,9 +161,7 @@ pub async fn setup(
             .await?;
     }
     if planned.create_template {
-        control
-            .create_template(&planned.spec, request.hook_arn.as_deref())
-            .await?;
+        create_template(control, &spec, request.hook_arn.as_deref(), role_created).await?;
     }
     let dir = absolute(&request.target_dir())?;
     let (claim_id, claim_cert, claim_key) = match &planned.kept_claim {
@@ -160,23 +193,84 @@ pub async fn setup(
         claim_policy: names.claim_policy.clone(),
         device_policy: names.device_policy.clone(),
         template: names.template.clone(),
-        provisioning_role_arn: planned.role_arn.clone(),
-        role_created: false,
+        provisioning_role_arn: role_arn,
+        role_created: role_created || matches!(planned.role, RolePlan::Existing { ours: true, .. }),
         pre_provisioning_hook_arn: request.hook_arn.clone(),
     };
     write_if_changed(&dir.join(TARGET_FILE), &config.to_json())?;
     Ok(config)
 }
 
-fn provisioning_role(request: &SetupRequest) -> Result<String, TargetError> {
-    request.role_arn.clone().ok_or_else(|| {
-        TargetError::Invalid(format!(
-            "no provisioning role: pass --role-arn with a role that trusts iot.amazonaws.com and \
-             has AWSIoTThingsRegistration (for example {})",
+async fn plan_role(
+    request: &SetupRequest,
+    iam: Option<&ProvisioningRole>,
+) -> Result<RolePlan, TargetError> {
+    if let Some(arn) = &request.role_arn {
+        return Ok(RolePlan::Given(arn.clone()));
+    }
+    let Some(iam) = iam else {
+        return Err(TargetError::Invalid(format!(
+            "no provisioning role: with --endpoint-url IAM is not called, so pass --role-arn \
+             (a role that trusts iot.amazonaws.com and has AWSIoTThingsRegistration, for \
+             example {})",
             request.prefix.role()
-        ))
+        )));
+    };
+    Ok(match iam.find(&request.prefix).await? {
+        Some(found) => RolePlan::Existing {
+            arn: found.arn,
+            ours: found.ours,
+        },
+        None => RolePlan::Create,
     })
 }
+
+/// The role's ARN, and whether it was created just now.
+async fn ensure_role(
+    request: &SetupRequest,
+    iam: Option<&ProvisioningRole>,
+    role: &RolePlan,
+) -> Result<(String, bool), TargetError> {
+    match (role, iam) {
+        (RolePlan::Given(arn), _) | (RolePlan::Existing { arn, .. }, _) => Ok((arn.clone(), false)),
+        (RolePlan::Create, Some(iam)) => Ok((iam.create(&request.prefix).await?, true)),
+        (RolePlan::Create, None) => Err(TargetError::Invalid(
+            "the plan creates a role but IAM is out of reach".into(),
+        )),
+    }
+}
+
+/// A role created seconds ago may not be assumable by IoT yet (IAM is
+/// eventually consistent): the template is then refused as invalid, and
+/// tried again for about half a minute.
+async fn create_template(
+    control: &ControlPlane,
+    spec: &SetupSpec,
+    hook_arn: Option<&str>,
+    role_is_new: bool,
+) -> Result<(), TargetError> {
+    let attempts = if role_is_new {
+        ROLE_PROPAGATION_ATTEMPTS
+    } else {
+        1
+    };
+    let mut wait = ROLE_PROPAGATION_WAIT;
+    for attempt in 1..=attempts {
+        match control.create_template(spec, hook_arn).await {
+            Err(ControlError::Refused { code, .. })
+                if code == "InvalidRequestException" && attempt < attempts =>
+            {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return Ok(other?),
+        }
+    }
+    Ok(())
+}
+
+const ROLE_PROPAGATION_ATTEMPTS: u32 = 5;
+const ROLE_PROPAGATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `arn:aws:iam::<account>:role/<name>` gives its account.
 fn account_of(role_arn: &str) -> Result<String, TargetError> {
