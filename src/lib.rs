@@ -17,3 +17,4 @@ pub mod provisioning;
 pub mod run;
 pub mod scenario;
 pub mod standalone;
+pub mod target;

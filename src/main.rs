@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fleetsim::console::Access;
+use fleetsim::control::ControlPlane;
 use fleetsim::fleet::Shard;
 use fleetsim::observe::Report;
 use fleetsim::run::{ConsoleOptions, RunError, RunOptions};
 use fleetsim::scenario::Scenario;
 use fleetsim::standalone::{Standalone, StandaloneOptions};
+use fleetsim::target::{self, AwsAccess, CleanupRequest, Prefix, SetupRequest, TargetConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -78,6 +80,13 @@ enum Command {
             env = "FLEETSIM_SOURCE_ADDRESSES"
         )]
         source_addresses: Vec<std::net::IpAddr>,
+        /// Run against the target `fleetsim setup` described in this file
+        /// (default for `target: aws`: certs/aws/target.json).
+        #[arg(long, value_name = "FILE", conflicts_with = "emulator")]
+        target_config: Option<PathBuf>,
+        /// Start a run against AWS without asking.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Work with run reports.
     Report {
@@ -100,6 +109,71 @@ enum Command {
         /// The scenario file (YAML).
         scenario: PathBuf,
     },
+    /// Create what runs against AWS need (policies, template, claim
+    /// certificate, target description), only what is missing.
+    Setup(SetupArgs),
+    /// Remove everything setup and runs created under a prefix.
+    Cleanup(CleanupArgs),
+}
+
+/// Where the account is and how to confirm, shared by setup and cleanup.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// What every resource name starts with (cleanup: the target's, else fleetsim).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// The target's name: its files go to <certs-dir>/<target>/.
+    #[arg(long, default_value = "aws")]
+    target: String,
+    /// Folder of the targets' files.
+    #[arg(long, default_value = "certs")]
+    certs_dir: PathBuf,
+    /// AWS region (default: the SDK's chain, AWS_REGION or the profile).
+    #[arg(long)]
+    region: Option<String>,
+    /// AWS profile (default: AWS_PROFILE or `default`).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Send control-plane calls here instead of AWS (a `fleetsim emulator`).
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// Do it without asking.
+    #[arg(long, short)]
+    yes: bool,
+    /// Print the plan and change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct SetupArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Account id for the policy documents (default: the role ARN's).
+    #[arg(long)]
+    account: Option<String>,
+    /// An existing provisioning role (trusts iot.amazonaws.com, has AWSIoTThingsRegistration).
+    #[arg(long, value_name = "ARN")]
+    role_arn: Option<String>,
+    /// A pre-provisioning hook Lambda for the template.
+    #[arg(long, value_name = "ARN")]
+    hook_arn: Option<String>,
+    /// Connect devices to HOST[:PORT] instead of DescribeEndpoint's answer.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    data_endpoint: Option<String>,
+    /// Trust this root CA instead of the shipped Amazon Root CA 1.
+    #[arg(long, value_name = "FILE")]
+    root_ca: Option<PathBuf>,
+    /// Folder holding the claim policy, device policy and provisioning
+    /// template (defaults to the copies built into fleetsim).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Subcommand)]
@@ -264,6 +338,8 @@ fn main() -> ExitCode {
             shard,
             shards,
             source_addresses,
+            target_config,
+            yes,
         } => {
             let console = match console.map(|addr| console_options(addr, console_no_auth)) {
                 Some(Err(code)) => return code,
@@ -287,15 +363,181 @@ fn main() -> ExitCode {
                 shard,
                 source_addresses,
                 recorder_tap: None,
+                aws_target: None,
             };
-            run(&scenario, options)
+            run(&scenario, options, target_config, yes)
         }
         Command::Emulator(args) => standalone(args),
         Command::Bench { kind, output } => bench(kind, output),
+        Command::Setup(args) => with_runtime(setup(args)),
+        Command::Cleanup(args) => with_runtime(cleanup(args)),
         Command::Report {
             command: ReportCommand::Merge { reports, output },
         } => merge(&reports, output.as_deref()),
     }
+}
+
+fn with_runtime(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts on any supported platform")
+        .block_on(command)
+}
+
+/// Prints an error and gives the exit code of a command that could not act.
+fn cannot(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_CANNOT_START)
+}
+
+async fn setup(args: SetupArgs) -> ExitCode {
+    let t = &args.target;
+    let prefix = match Prefix::new(t.prefix.as_deref().unwrap_or(target::DEFAULT_PREFIX)) {
+        Ok(prefix) => prefix,
+        Err(error) => return cannot(error),
+    };
+    let request = SetupRequest {
+        prefix,
+        target_name: t.target.clone(),
+        certs_dir: t.certs_dir.clone(),
+        access: access(t, None),
+        account_id: args.account.clone(),
+        role_arn: args.role_arn.clone(),
+        hook_arn: args.hook_arn.clone(),
+        data_endpoint: args.data_endpoint.clone(),
+        root_ca: args.root_ca.clone(),
+        policies_dir: args.policies.clone(),
+    };
+    let sdk = match request.access.load().await {
+        Ok(sdk) => sdk,
+        Err(error) => return cannot(error),
+    };
+    let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+    let control = ControlPlane::from_sdk_config(&sdk);
+    let iam = iam_unless_overridden(&request.access, &sdk);
+    let planned = match target::plan_setup(&request, &control, iam.as_ref(), &region).await {
+        Ok(planned) => planned,
+        Err(error) => return cannot(error),
+    };
+    println!(
+        "fleetsim setup: prefix {}, region {region}\n{}",
+        request.prefix,
+        planned.plan.render()
+    );
+    if planned.plan.is_empty() {
+        println!("nothing to change: every resource already exists");
+        return ExitCode::SUCCESS;
+    }
+    if !go_ahead(t, &format!("create {} resources?", planned.plan.creates())) {
+        return ExitCode::SUCCESS;
+    }
+    match target::setup(&request, &control, iam.as_ref(), &planned).await {
+        Ok(_) => {
+            let file = request.target_dir().join(target::TARGET_FILE);
+            println!("setup complete; `fleetsim run` reads {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => cannot(format!(
+            "{error}\n(what was created is kept: run setup again to finish, or cleanup to remove it)"
+        )),
+    }
+}
+
+async fn cleanup(args: CleanupArgs) -> ExitCode {
+    let t = &args.target;
+    let target_dir = t.certs_dir.join(&t.target);
+    let previous = TargetConfig::load(&target_dir.join(target::TARGET_FILE)).ok();
+    let prefix_text = t
+        .prefix
+        .clone()
+        .or_else(|| previous.as_ref().map(|c| c.prefix.clone()))
+        .unwrap_or_else(|| target::DEFAULT_PREFIX.to_owned());
+    let prefix = match Prefix::new(&prefix_text) {
+        Ok(prefix) => prefix,
+        Err(error) => return cannot(error),
+    };
+    let sdk = match access(t, previous.as_ref()).load().await {
+        Ok(sdk) => sdk,
+        Err(error) => return cannot(error),
+    };
+    let control = ControlPlane::from_sdk_config(&sdk);
+    let iam = iam_unless_overridden(&access(t, previous.as_ref()), &sdk);
+    let request = CleanupRequest { prefix, target_dir };
+    let found = match target::plan_cleanup(&request, &control, iam.as_ref()).await {
+        Ok(found) => found,
+        Err(error) => return cannot(error),
+    };
+    if found.plan.deletes() == 0 {
+        println!("nothing to delete under prefix {}", request.prefix);
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "fleetsim cleanup: prefix {}\n{}",
+        request.prefix,
+        found.plan.render()
+    );
+    if !go_ahead(t, "delete all of this?") {
+        return ExitCode::SUCCESS;
+    }
+    match target::cleanup(&control, iam.as_ref(), &found).await {
+        Ok(()) => {
+            println!(
+                "cleanup complete: nothing is left under prefix {}",
+                request.prefix
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => cannot(format!("{error}\n(run cleanup again to remove the rest)")),
+    }
+}
+
+/// IAM, unless control-plane calls go to an endpoint override: that is a
+/// stand-in for IoT only (the emulator), and IAM must not be called there.
+fn iam_unless_overridden(
+    access: &AwsAccess,
+    sdk: &aws_config::SdkConfig,
+) -> Option<target::ProvisioningRole> {
+    access
+        .endpoint_url
+        .is_none()
+        .then(|| target::ProvisioningRole::from_sdk_config(sdk))
+}
+
+/// Flags first, then what the target description recorded, then the chain.
+fn access(args: &TargetArgs, previous: Option<&TargetConfig>) -> AwsAccess {
+    let recorded = previous.map(TargetConfig::access).unwrap_or_default();
+    AwsAccess {
+        region: args.region.clone().or(recorded.region),
+        profile: args.profile.clone().or(recorded.profile),
+        endpoint_url: args.endpoint_url.clone().or(recorded.endpoint_url),
+    }
+}
+
+/// Whether to carry out the printed plan: never on a dry run, at once with
+/// `--yes`, else when the person at the terminal answers yes.
+fn go_ahead(args: &TargetArgs, question: &str) -> bool {
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return false;
+    }
+    if args.yes || confirm(question) {
+        return true;
+    }
+    println!("not confirmed: nothing changed");
+    false
+}
+
+/// Asks on stderr and reads one line from stdin; anything but y/yes is no.
+fn confirm(question: &str) -> bool {
+    use std::io::Write;
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// `--shard I/N`, or `--shards N` with the index from the environment, or
@@ -387,7 +629,12 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
+fn run(
+    path: &std::path::Path,
+    mut options: RunOptions,
+    target_config: Option<PathBuf>,
+    yes: bool,
+) -> ExitCode {
     let scenario = match Scenario::load(path) {
         Ok(scenario) => scenario,
         Err(error) => {
@@ -398,6 +645,33 @@ fn run(path: &std::path::Path, options: RunOptions) -> ExitCode {
     if let Err(error) = raise_open_file_limit(run_open_files(&scenario, &options)) {
         eprintln!("error: {error}");
         return ExitCode::from(EXIT_CANNOT_START);
+    }
+    let target_config = target_config.or_else(|| {
+        (scenario.target == fleetsim::scenario::Target::Aws)
+            .then(|| PathBuf::from("certs/aws").join(target::TARGET_FILE))
+    });
+    if let Some(file) = target_config {
+        let config = match TargetConfig::load(&file) {
+            Ok(config) => config,
+            Err(error) => return cannot(error),
+        };
+        println!(
+            "run {:?} against account {} in {} (prefix {}) will create:\n{}",
+            scenario.name,
+            config.account_id,
+            config.region,
+            config.prefix,
+            target::RunEstimate::of(&scenario).render()
+        );
+        println!(
+            "`fleetsim cleanup --prefix {}` removes it afterwards",
+            config.prefix
+        );
+        if !yes && !confirm("start the run?") {
+            println!("not confirmed: nothing started");
+            return ExitCode::SUCCESS;
+        }
+        options.aws_target = Some(config);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

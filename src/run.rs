@@ -32,6 +32,7 @@ use crate::scenario::{
     self, CredentialStorage, ProvisioningMethod, Qos, Scenario, SerialPattern, format_duration,
 };
 use crate::standalone::{EmulatorInfo, StandaloneError};
+use crate::target::TargetConfig;
 
 /// How many end-of-run identity checks run at once.
 const CHECK_CONCURRENCY: usize = 32;
@@ -60,6 +61,9 @@ pub struct RunOptions {
     /// Told the run's recorder as soon as it exists, so that a caller (the
     /// benchmarks) can watch the fleet's counts while the run goes on.
     pub recorder_tap: Option<tokio::sync::mpsc::UnboundedSender<Arc<Recorder>>>,
+    /// The `aws` target as `fleetsim setup` described it; required when the
+    /// scenario says `target: aws`.
+    pub aws_target: Option<TargetConfig>,
 }
 /// Where and how the web console is served.
 #[derive(Debug, Clone)]
@@ -97,6 +101,7 @@ pub struct RunSummary {
 /// The names `setup` gives the resources of a run and of `fleetsim emulator`.
 pub fn setup_names(template: &str) -> SetupNames {
     SetupNames {
+        prefix: "fleetsim".to_owned(),
         account_id: emulator::ACCOUNT_ID.to_owned(),
         region: emulator::REGION.to_owned(),
         claim_policy: "fleetsim-claim".to_owned(),
@@ -114,9 +119,9 @@ pub async fn execute(
     options: &RunOptions,
     interrupt: CancellationToken,
 ) -> Result<RunSummary, RunError> {
-    if scenario.target == scenario::Target::Aws {
+    if scenario.target == scenario::Target::Aws && options.aws_target.is_none() {
         return Err(RunError::CannotStart(
-            "target `aws` needs resources created by `fleetsim setup`, which this build does not provide yet; use target `local`".into(),
+            "target `aws` needs the target description `fleetsim setup` writes (certs/aws/target.json); pass --target-config".into(),
         ));
     }
     let metrics_handle = match options.metrics {
@@ -125,22 +130,23 @@ pub async fn execute(
         ),
         None => None,
     };
-    let (emulator, target) = match &options.emulator {
-        None => {
+    let (emulator, target) = match (&options.aws_target, &options.emulator) {
+        (Some(config), _) => (None, Target::aws(scenario, config).await?),
+        (None, None) => {
             let emulator = start_emulator(scenario).await?;
             let target = Target::of(&emulator);
             (Some(emulator), target)
         }
-        Some(path) => {
+        (None, Some(path)) => {
             let target = Target::standalone(scenario, path)?;
             target.check_reachable(path).await?;
             (None, target)
         }
     };
-    let control = Arc::new(ControlPlane::for_endpoint(
-        &target.control_url,
-        emulator::REGION,
-    ));
+    let control = Arc::new(match &target.control {
+        Some(control) => control.clone(),
+        None => ControlPlane::for_endpoint(&target.control_url, emulator::REGION),
+    });
     let setup = match target.claim.clone() {
         Some(claim) => claim,
         None => set_up(scenario, options, &control).await?,
@@ -299,6 +305,8 @@ struct Target {
     control_url: String,
     root_pem: String,
     claim: Option<SetupOutput>,
+    /// A control plane reached through the AWS chain (the `aws` target).
+    control: Option<ControlPlane>,
 }
 
 impl Target {
@@ -311,6 +319,7 @@ impl Target {
             control_url: emulator.control_url(),
             root_pem: emulator.root_pem().to_owned(),
             claim: None,
+            control: None,
         }
     }
 
@@ -339,6 +348,40 @@ impl Target {
             control_url: info.control_url.clone(),
             root_pem: info.root_pem().map_err(cannot)?,
             claim: Some(info.claim().map_err(cannot)?),
+            control: None,
+        })
+    }
+
+    /// What `fleetsim setup` prepared: its data endpoint, root CA, claim
+    /// identity, and the control plane through the AWS chain. The template
+    /// must be the one setup created.
+    async fn aws(scenario: &Scenario, config: &TargetConfig) -> Result<Target, RunError> {
+        let cannot = |e: crate::target::TargetError| RunError::CannotStart(e.to_string());
+        if config.template != scenario.provisioning.template {
+            return Err(RunError::CannotStart(format!(
+                "the target was set up with template `{}` but the scenario uses `{}`; \
+                 set provisioning.template: {}",
+                config.template, scenario.provisioning.template, config.template
+            )));
+        }
+        let (host, port) = config.mqtt_endpoint().map_err(cannot)?;
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| RunError::CannotStart(format!("{}: cannot read: {e}", path.display())))
+        };
+        let sdk = config.access().load().await.map_err(cannot)?;
+        info!(%host, port, region = %config.region, "targeting AWS IoT Core");
+        Ok(Target {
+            endpoint: Endpoint { host, port },
+            control_url: config.endpoint_url.clone().unwrap_or_default(),
+            root_pem: read(&config.root_ca)?,
+            claim: Some(SetupOutput {
+                claim_certificate_id: config.claim_certificate_id.clone(),
+                claim_certificate_pem: read(&config.claim_certificate)?,
+                claim_private_key_pem: read(&config.claim_private_key)?,
+                endpoint: config.data_endpoint.clone(),
+            }),
+            control: Some(ControlPlane::from_sdk_config(&sdk)),
         })
     }
 }

@@ -102,6 +102,7 @@ type UpdateError = aws_sdk_iot::error::SdkError<
 
 fn names() -> SetupNames {
     SetupNames {
+        prefix: "fleetsim".to_owned(),
         account_id: ACCOUNT.to_owned(),
         region: REGION.to_owned(),
         claim_policy: "fleetsim-claim".to_owned(),

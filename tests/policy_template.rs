@@ -677,7 +677,7 @@ const CERTIFICATE_ID: &str = "3f1c4b2a9d8e7f6051a2b3c4d5e6f708192a3b4c5d6e7f8091
 fn repository_template() -> Template {
     let body = render(
         "provisioning-template.json",
-        &[("device_policy", "fleetsim-device")],
+        &[("device_policy", "fleetsim-device"), ("prefix", "fleetsim")],
     );
     Template::parse(&body).expect("repository template parses")
 }

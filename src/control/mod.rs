@@ -78,6 +78,15 @@ impl ControlPlane {
         ControlPlane::from_client(Client::new(&shared))
     }
 
+    /// A client on an already loaded AWS configuration (the `aws` target's
+    /// credentials, region and optional endpoint override), with our timeouts.
+    pub fn from_sdk_config(shared: &aws_config::SdkConfig) -> ControlPlane {
+        let config = aws_sdk_iot::config::Builder::from(shared)
+            .timeout_config(timeouts())
+            .build();
+        ControlPlane::from_client(Client::from_conf(config))
+    }
+
     fn from_client(client: Client) -> ControlPlane {
         ControlPlane {
             client,
@@ -170,6 +179,11 @@ impl ControlPlane {
             );
         }
         Ok(ids)
+    }
+
+    /// The ARN of a certificate of this account, learned once.
+    pub async fn certificate_arn_of(&self, certificate_id: &str) -> Result<String, ControlError> {
+        self.certificate_arn(certificate_id).await
     }
 
     async fn certificate_arn(&self, certificate_id: &str) -> Result<String, ControlError> {

@@ -17,6 +17,9 @@ use super::policy_set::PolicySet;
 /// The names and account that `setup` creates resources under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetupNames {
+    /// What every thing name starts with (`<prefix>-<serial>`), so that
+    /// cleanup finds the things a run created.
+    pub prefix: String,
     pub account_id: String,
     pub region: String,
     pub claim_policy: String,
@@ -30,6 +33,7 @@ impl SetupNames {
     /// The values of the `{{...}}` placeholders in the policy files.
     pub fn placeholders(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
+            ("prefix".to_owned(), self.prefix.clone()),
             ("region".to_owned(), self.region.clone()),
             ("account".to_owned(), self.account_id.clone()),
             ("template".to_owned(), self.template.clone()),
@@ -80,6 +84,9 @@ impl std::fmt::Debug for SetupOutput {
     }
 }
 
+/// The hook event version AWS documents for pre-provisioning Lambdas.
+const HOOK_PAYLOAD_VERSION: &str = "2020-04-01";
+
 struct ClaimCertificate {
     id: String,
     arn: String,
@@ -111,7 +118,11 @@ impl ControlPlane {
         })
     }
 
-    async fn ensure_policy(&self, name: &str, document: &str) -> Result<(), ControlError> {
+    pub(crate) async fn ensure_policy(
+        &self,
+        name: &str,
+        document: &str,
+    ) -> Result<(), ControlError> {
         let result = self
             .client
             .create_policy()
@@ -131,17 +142,7 @@ impl ControlPlane {
 
     async fn ensure_template(&self, spec: &SetupSpec) -> Result<(), ControlError> {
         let name = &spec.names.template;
-        let result = self
-            .client
-            .create_provisioning_template()
-            .template_name(name)
-            .description("fleetsim fleet provisioning by claim")
-            .template_body(&spec.files.provisioning_template)
-            .provisioning_role_arn(&spec.names.provisioning_role_arn)
-            .enabled(true)
-            .send()
-            .await;
-        match result.map_err(|e| ControlError::from_sdk("CreateProvisioningTemplate", name, e)) {
+        match self.create_template(spec, None).await {
             Ok(_) => Ok(()),
             Err(ControlError::AlreadyExists { .. }) => {
                 tracing::info!(template = %name, "template already exists; kept as it is");
@@ -149,6 +150,73 @@ impl ControlPlane {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// CreateProvisioningTemplate, enabled, with an optional
+    /// pre-provisioning hook Lambda.
+    pub(crate) async fn create_template(
+        &self,
+        spec: &SetupSpec,
+        hook_arn: Option<&str>,
+    ) -> Result<(), ControlError> {
+        let name = &spec.names.template;
+        let hook = hook_arn.map(|arn| {
+            aws_sdk_iot::types::ProvisioningHook::builder()
+                .target_arn(arn)
+                .payload_version(HOOK_PAYLOAD_VERSION)
+                .build()
+                .expect("invariant: the hook's only required field is set")
+        });
+        self.client
+            .create_provisioning_template()
+            .template_name(name)
+            .description("fleetsim fleet provisioning by claim")
+            .template_body(&spec.files.provisioning_template)
+            .provisioning_role_arn(&spec.names.provisioning_role_arn)
+            .enabled(true)
+            .set_pre_provisioning_hook(hook)
+            .send()
+            .await
+            .map_err(|e| ControlError::from_sdk("CreateProvisioningTemplate", name, e))?;
+        Ok(())
+    }
+
+    /// CreateKeysAndCertificate, active: AWS makes the claim key, as the
+    /// console's claim-certificate flow does.
+    pub(crate) async fn create_keys_and_certificate(
+        &self,
+    ) -> Result<(SetupOutput, String), ControlError> {
+        const OPERATION: &str = "CreateKeysAndCertificate";
+        let output = self
+            .client
+            .create_keys_and_certificate()
+            .set_as_active(true)
+            .send()
+            .await
+            .map_err(|e| ControlError::from_sdk(OPERATION, "claim certificate", e))?;
+        let missing = |field: &str| ControlError::Protocol {
+            operation: OPERATION,
+            resource: "claim certificate".to_owned(),
+            cause: format!("{field} missing from the answer"),
+        };
+        let key = output
+            .key_pair
+            .and_then(|pair| pair.private_key)
+            .ok_or_else(|| missing("keyPair.PrivateKey"))?;
+        let claim = SetupOutput {
+            claim_certificate_id: output
+                .certificate_id
+                .ok_or_else(|| missing("certificateId"))?,
+            claim_certificate_pem: output
+                .certificate_pem
+                .ok_or_else(|| missing("certificatePem"))?,
+            claim_private_key_pem: key,
+            endpoint: String::new(),
+        };
+        let arn = output
+            .certificate_arn
+            .ok_or_else(|| missing("certificateArn"))?;
+        Ok((claim, arn))
     }
 
     async fn create_claim_certificate(
@@ -182,7 +250,11 @@ impl ControlPlane {
         })
     }
 
-    async fn attach_policy(&self, policy: &str, certificate_arn: &str) -> Result<(), ControlError> {
+    pub(crate) async fn attach_policy(
+        &self,
+        policy: &str,
+        certificate_arn: &str,
+    ) -> Result<(), ControlError> {
         self.client
             .attach_policy()
             .policy_name(policy)
@@ -193,7 +265,7 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn data_endpoint(&self) -> Result<String, ControlError> {
+    pub(crate) async fn data_endpoint(&self) -> Result<String, ControlError> {
         const OPERATION: &str = "DescribeEndpoint";
         let output = self
             .client

@@ -224,6 +224,7 @@ async fn dispatch(
         }
         Operation::DeleteThing { thing } => things::delete(service, call, thing),
         Operation::ListThings => things::list(service, call),
+        Operation::ListTargetsForPolicy { policy } => policies::list_targets(service, call, policy),
         Operation::UpdateProvisioningTemplate { template } => {
             templates::update(service, call, template)
         }

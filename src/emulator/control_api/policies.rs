@@ -1,5 +1,5 @@
-//! CreatePolicy, GetPolicy, DeletePolicy, AttachPolicy, DetachPolicy and
-//! ListAttachedPolicies.
+//! CreatePolicy, GetPolicy, DeletePolicy, AttachPolicy, DetachPolicy,
+//! ListAttachedPolicies and ListTargetsForPolicy.
 //!
 //! Documents are parsed by the registry on creation, so a document the
 //! broker could not evaluate is refused here with `MalformedPolicyException`.
@@ -83,6 +83,39 @@ pub(super) fn list_attached(
         .map(|policy| json!({ "policyName": policy.name, "policyArn": policy.arn }))
         .collect();
     let mut output = json!({ "policies": entries });
+    if let Some(marker) = next {
+        output["nextMarker"] = json!(marker);
+    }
+    Ok(output)
+}
+
+/// The certificates a policy is attached to, as ARNs in id order, paged by
+/// `pageSize` and `marker` (the id of the last certificate returned).
+pub(super) fn list_targets(service: &Service, call: &Call, name: &str) -> Result<Value, ApiError> {
+    if service.registry.policy(name).is_none() {
+        return Err(ApiError::ResourceNotFound(format!(
+            "policy {name} does not exist"
+        )));
+    }
+    let size = super::things::page_size_named(call, "pageSize")?;
+    let after = call
+        .query("marker")
+        .map(super::things::page_token)
+        .transpose()?;
+    let mut ids: Vec<String> = service
+        .registry
+        .certificates()
+        .into_iter()
+        .filter(|certificate| certificate.policies.contains(name))
+        .map(|certificate| certificate.id)
+        .collect();
+    ids.sort();
+    let (page, next) = super::things::page_of(&ids, after.as_deref(), size);
+    let targets: Vec<String> = page
+        .iter()
+        .map(|id| service.registry.arn("cert", id))
+        .collect();
+    let mut output = json!({ "targets": targets });
     if let Some(marker) = next {
         output["nextMarker"] = json!(marker);
     }

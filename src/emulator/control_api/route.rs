@@ -48,6 +48,7 @@ pub(super) enum Operation {
     RemoveThingFromThingGroup,
     ListThingsInThingGroup { group: String },
     ListThingGroupsForThing { thing: String },
+    ListTargetsForPolicy { policy: String },
 }
 
 impl Operation {
@@ -126,6 +127,9 @@ impl Operation {
             ("GET", ["things", _, "thing-groups"]) => {
                 Operation::ListThingGroupsForThing { thing: label(1)? }
             }
+            ("POST", ["policy-targets", _]) => {
+                Operation::ListTargetsForPolicy { policy: label(1)? }
+            }
             _ => return Err(unknown_operation(method, raw_path)),
         };
         Ok(operation)
@@ -170,6 +174,7 @@ impl Operation {
             Operation::RemoveThingFromThingGroup => "RemoveThingFromThingGroup",
             Operation::ListThingsInThingGroup { .. } => "ListThingsInThingGroup",
             Operation::ListThingGroupsForThing { .. } => "ListThingGroupsForThing",
+            Operation::ListTargetsForPolicy { .. } => "ListTargetsForPolicy",
         }
     }
 }
