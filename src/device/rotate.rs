@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 use tokio::time::{Instant, sleep};
 use tracing::debug;
 
+use super::faults::Flow;
 use super::mqtt::{ConnectSettings, Session, SessionError};
 use super::task::{Device, Ending, GaveUp, short};
 use crate::identity::{Credentials, tls::client_config};
 use crate::observe::{DeviceState, FailureReason, Op};
+use crate::scenario::DropPoint;
 
 impl Device {
     /// A check tick: finish a retirement left over from an earlier rotation,
@@ -31,7 +33,7 @@ impl Device {
             .and_then(|c| c.info().ok())
             .map(|info| info.not_after)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        if !schedule.is_due(not_after, SystemTime::now()) {
+        if !schedule.is_due(not_after, self.faults.clock(SystemTime::now())) {
             return Ok(None);
         }
         self.rotate_in_state(session, due).await
@@ -79,6 +81,7 @@ impl Device {
             Ok(issued) => issued,
             Err((op, error)) => return Ok(self.rotation_failed(op, error)),
         };
+        self.drop_if(session, Flow::Rotation, DropPoint::AfterCertificate);
         if let Err((op, error)) = self.register_thing(session, &issued).await {
             return Ok(self.rotation_failed(op, error));
         }
@@ -86,10 +89,13 @@ impl Device {
         if let Err(error) = self.adopt(thing, issued.credentials).await {
             return Ok(self.rotation_failed(Op::Rotate, error));
         }
+        self.drop_if(session, Flow::Rotation, DropPoint::AfterStore);
         match self.prove_new_identity(&old).await? {
             Some(fresh) => *session = fresh,
             None => return Ok(Some(Ending::Stopped)),
         }
+        // A drop here is noticed by the online loop after the rotation.
+        self.drop_if(session, Flow::Rotation, DropPoint::AfterReconnect);
         self.retire(&old).await;
         self.ctx.recorder.rotation_completed();
         self.record_rotation_lag(&old);
@@ -152,7 +158,7 @@ impl Device {
     }
 
     pub(super) async fn fall_back_to(&mut self, old: &Credentials) {
-        if let Err(e) = self.ctx.store.install(&self.serial, old).await {
+        if let Err(e) = self.store_install(old).await {
             self.ctx
                 .recorder
                 .failure(Op::Rotate, FailureReason::Storage);
@@ -213,10 +219,14 @@ impl Device {
             self.failed(Op::Revoke, &error);
         }
         self.show(|status| status.push_retired(info.id.clone()));
-        if let Err(e) = self.ctx.store.forget_previous(&self.serial).await {
+        // Recorded before the backup goes, so that a crash in between
+        // (which retires it again after the restart) counts it once.
+        if !self.retired.contains(old) {
+            self.retired.push(old.clone());
+        }
+        if let Err(e) = self.store_forget_previous().await {
             debug!(error = %e, "could not drop the retired backup");
         }
-        self.retired.push(old.clone());
     }
 
     /// A retired certificate must be refused at the TLS handshake.

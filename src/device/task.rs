@@ -18,12 +18,14 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
 
+use super::faults::{DeviceFaults, FaultState};
 use super::lifecycle::{Retry, RetryPolicy, RotationSchedule};
 use super::live::{CertificateSummary, LiveTable, Step};
-use super::mqtt::{ConnectSettings, SessionError};
+use super::mqtt::{ConnectSettings, Session, SessionError};
 use crate::control::ControlPlane;
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::observe::faults::FaultResponse;
 use crate::observe::{DeviceState, FailureReason, Op, Recorder};
 use crate::scenario::ProvisioningMethod;
 
@@ -56,6 +58,8 @@ pub struct DeviceContext {
     /// Where the device shows its status while it runs (the console);
     /// `None` costs nothing.
     pub live: Option<Arc<LiveTable>>,
+    /// What the device does wrong on purpose (fault injection).
+    pub faults: DeviceFaults,
 }
 
 impl DeviceContext {
@@ -83,6 +87,7 @@ impl DeviceContext {
             retry: self.retry,
             stop,
             live: Some(live),
+            faults: DeviceFaults::none(Arc::clone(&self.faults.log)),
         }
     }
 }
@@ -129,20 +134,42 @@ pub(crate) struct Device {
     pub(super) retired: Vec<Credentials>,
     pub(super) rotations: u64,
     pub(super) rng: StdRng,
+    pub(super) faults: FaultState,
+    pub(super) store_lock: super::storage::StoreLock,
 }
 
-/// Runs one device whose arrival was scheduled at `due`.
+/// Runs one device whose arrival was scheduled at `due`. With crashes
+/// injected, the device's life is aborted at random moments (wherever it
+/// is) and started again from what its store holds.
 pub async fn run(ctx: Arc<DeviceContext>, serial: String, due: Instant) -> DeviceOutcome {
     let span = debug_span!("device", serial = %serial);
     let mut device = Device::new(ctx, serial);
     device.enter(DeviceState::Provisioning);
-    let result = device.live(due).instrument(span).await;
+    let result = async {
+        loop {
+            let crash_in = device
+                .faults
+                .next_crash(&device.ctx.faults, &mut device.rng);
+            let Some(crash_in) = crash_in else {
+                return device.incarnation(due).await;
+            };
+            tokio::select! {
+                result = device.incarnation(due) => return result,
+                _ = sleep(crash_in) => {}
+            }
+            device.crashed();
+        }
+    }
+    .instrument(span)
+    .await;
     device.finish(result)
 }
 
 impl Device {
     pub(crate) fn new(ctx: Arc<DeviceContext>, serial: String) -> Device {
         ctx.recorder.device_state(None, DeviceState::Pending);
+        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let faults = FaultState::new(&ctx.faults, &mut rng);
         let device = Device {
             ctx,
             serial,
@@ -152,7 +179,9 @@ impl Device {
             unretired: None,
             retired: Vec::new(),
             rotations: 0,
-            rng: StdRng::from_rng(&mut rand::rng()),
+            rng,
+            faults,
+            store_lock: Default::default(),
         };
         device.show(|status| status.state = DeviceState::Pending);
         device
@@ -165,7 +194,7 @@ impl Device {
             provisioned = self.provision(due) => provisioned?,
         }
         self.enter(DeviceState::Offline);
-        let mut session = match self.connect_as_thing().await? {
+        let session = match self.connect_as_thing().await? {
             Some(session) => session,
             None => return Ok(()),
         };
@@ -173,6 +202,13 @@ impl Device {
         self.succeeded(Op::Provision, due.elapsed(), || {
             format!("provisioned: online as {}", self.thing)
         });
+        self.stay_online(session).await
+    }
+
+    /// Telemetry and checks until the run stops; a lost connection is
+    /// followed by a jittered pause (so that a fleet dropped at once does
+    /// not reconnect at once) and a reconnect with backoff.
+    pub(super) async fn stay_online(&mut self, mut session: Session) -> Result<(), GaveUp> {
         loop {
             match self.online(&mut session).await? {
                 Ending::Stopped => {
@@ -182,12 +218,29 @@ impl Device {
                 Ending::Lost(error) => {
                     debug!(reason = error.reason.as_str(), "connection lost");
                     self.enter(DeviceState::Offline);
+                    if !self.reconnect_pause().await {
+                        return Ok(());
+                    }
                     match self.connect_as_thing().await? {
-                        Some(fresh) => session = fresh,
+                        Some(fresh) => {
+                            self.ctx.faults.log.responded(FaultResponse::Reconnected);
+                            session = fresh;
+                        }
                         None => return Ok(()),
                     }
                 }
             }
+        }
+    }
+
+    /// Waits up to `backoff_max`, drawn at random, before reconnecting;
+    /// false when the run stopped meanwhile.
+    async fn reconnect_pause(&mut self) -> bool {
+        let ceiling = self.ctx.retry.max;
+        let pause = ceiling.mul_f64(rand::Rng::random_range(&mut self.rng, 0.0..=1.0));
+        tokio::select! {
+            _ = self.ctx.stop.cancelled() => false,
+            _ = sleep(pause.max(super::lifecycle::MIN_BACKOFF.min(ceiling))) => true,
         }
     }
 
