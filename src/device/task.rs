@@ -238,6 +238,7 @@ impl Device {
     async fn reconnect_pause(&mut self) -> bool {
         let ceiling = self.ctx.retry.max;
         let pause = ceiling.mul_f64(rand::Rng::random_range(&mut self.rng, 0.0..=1.0));
+        self.ctx.faults.log.reconnect_paused(pause, ceiling);
         tokio::select! {
             _ = self.ctx.stop.cancelled() => false,
             _ = sleep(pause.max(super::lifecycle::MIN_BACKOFF.min(ceiling))) => true,
@@ -252,7 +253,11 @@ impl Device {
             DeviceState::Offline
         };
         self.enter(end);
-        let thing = (!self.thing.is_empty()).then(|| self.thing.clone());
+        // A thing is only reported with an identity to prove: a device
+        // stopped between learning its thing name and storing its files
+        // never had one.
+        let has_identity = !self.thing.is_empty() && self.current.is_some();
+        let thing = has_identity.then(|| self.thing.clone());
         // A certificate never retired (control plane gave up) still works:
         // report it as retired so the end-of-run check proves or disproves it.
         self.retired.extend(self.unretired.take());

@@ -104,11 +104,15 @@ impl FaultResponse {
     }
 }
 
+/// Reconnect pauses are counted in this many equal slices of their ceiling.
+pub const PAUSE_SLICES: usize = 8;
+
 /// Counters of one run's faults; share it as `Arc<FaultLog>`.
 pub struct FaultLog {
     run: String,
     injected: [AtomicU64; FaultKind::ALL.len()],
     responses: [AtomicU64; FaultResponse::ALL.len()],
+    pauses: [AtomicU64; PAUSE_SLICES],
 }
 
 impl FaultLog {
@@ -117,7 +121,17 @@ impl FaultLog {
             run: run.to_owned(),
             injected: array::from_fn(|_| AtomicU64::new(0)),
             responses: array::from_fn(|_| AtomicU64::new(0)),
+            pauses: array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// A pause drawn before reconnecting after a lost connection, counted
+    /// by the slice of `ceiling` it fell in: how well a fleet dropped at
+    /// once is spread out.
+    pub fn reconnect_paused(&self, pause: std::time::Duration, ceiling: std::time::Duration) {
+        let share = pause.as_secs_f64() / ceiling.as_secs_f64().max(f64::MIN_POSITIVE);
+        let slice = ((share * PAUSE_SLICES as f64) as usize).min(PAUSE_SLICES - 1);
+        self.pauses[slice].fetch_add(1, Relaxed);
     }
 
     pub fn injected(&self, kind: FaultKind) {
@@ -167,10 +181,17 @@ impl FaultLog {
             })
             .filter(|c| c.count > 0)
             .collect();
+        let pauses: Vec<u64> = self.pauses.iter().map(|p| p.load(Relaxed)).collect();
+        let reconnect_pauses = if pauses.iter().any(|p| *p > 0) {
+            pauses
+        } else {
+            Vec::new()
+        };
         FaultSection {
             injected,
             responses,
             devices_failed,
+            reconnect_pauses,
         }
     }
 }
@@ -184,6 +205,10 @@ pub struct FaultSection {
     pub responses: Vec<FaultCount>,
     /// Devices that ended failed, by the step and reason that ended them.
     pub devices_failed: Vec<FailedDevices>,
+    /// Reconnect pauses after lost connections, counted in eighths of
+    /// `run.backoff_max` (first slice the shortest); empty if none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconnect_pauses: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +241,16 @@ impl FaultSection {
     pub fn add(&mut self, other: &FaultSection) {
         add_counts(&mut self.injected, &other.injected);
         add_counts(&mut self.responses, &other.responses);
+        if self.reconnect_pauses.is_empty() {
+            self.reconnect_pauses = vec![0; other.reconnect_pauses.len()];
+        }
+        for (mine, theirs) in self
+            .reconnect_pauses
+            .iter_mut()
+            .zip(&other.reconnect_pauses)
+        {
+            *mine += theirs;
+        }
         for failed in &other.devices_failed {
             match self
                 .devices_failed

@@ -277,6 +277,14 @@ impl Report {
             let what = format!("failed at {}: {}", failed.op, failed.reason);
             let _ = writeln!(out, "  {what:<34}{:>9}", failed.devices);
         }
+        if !faults.reconnect_pauses.is_empty() {
+            let slices: Vec<String> = faults.reconnect_pauses.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  reconnect pauses by eighth of backoff_max: {}",
+                slices.join(" ")
+            );
+        }
     }
 
     fn write_verdicts(&self, out: &mut String) {
