@@ -18,7 +18,7 @@ use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
 use crate::device::live::LiveTable;
 use crate::device::mqtt::{ConnectSettings, Endpoint, SourceAddresses};
-use crate::device::{DeviceContext, DeviceFaults, DeviceOutcome, TelemetrySettings};
+use crate::device::{ClaimSlot, DeviceContext, DeviceFaults, DeviceOutcome, TelemetrySettings};
 use crate::device::{prove_refused, prove_works};
 use crate::emulator::faults::EmulatorFaults;
 use crate::emulator::{self, Emulator, EmulatorConfig};
@@ -170,6 +170,15 @@ pub async fn execute(
         _ => None,
     };
     let started = Instant::now();
+    let drill = scenario.faults.claim_compromise.map(|at| {
+        tokio::spawn(fleet::drill::replace_claim_at(
+            Arc::clone(&context),
+            setup_names(&scenario.provisioning.template).claim_policy,
+            setup.claim_certificate_id.clone(),
+            started + at,
+            Arc::clone(&fault_log),
+        ))
+    });
     let outcomes = run_fleet(
         scenario,
         &plan,
@@ -181,6 +190,9 @@ pub async fn execute(
     )
     .await;
     let elapsed = started.elapsed();
+    if let Some(drill) = drill {
+        drill.abort();
+    }
     if let Some((console, hands_on_stop)) = console {
         hands_on_stop.cancel();
         console.shutdown().await;
@@ -465,10 +477,10 @@ fn device_context(
             sources: SourceAddresses::default(),
         },
         root_pem: target.root_pem.clone(),
-        claim: Credentials {
+        claim: Arc::new(ClaimSlot::new(Credentials {
             certificate_pem: setup.claim_certificate_pem.clone(),
             private_key_pem: setup.claim_private_key_pem.clone(),
-        },
+        })),
         template: scenario.provisioning.template.clone(),
         method: scenario.provisioning.method,
         store,

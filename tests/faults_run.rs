@@ -254,3 +254,36 @@ async fn clocks_ahead_rotate_early_and_every_skewed_device_is_counted() {
     assert_eq!(faults.injected(FaultKind::ClockSkew), 10);
     assert!(summary.report.rotations.per_device_min >= Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_certificate_revoked_and_replaced_mid_run_still_provisions_the_fleet() {
+    use fleetsim::emulator::registry::CertificateStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = "faults:\n  claim_compromise:\n    at: 2s\n";
+    let mut scenario = scenario(dir.path(), "claim", 24, "9s", faults);
+    // Arrivals span the drill: 3 per second for 8 seconds.
+    scenario.arrival.rate.per_second = 3.0;
+    let summary = run(&scenario).await;
+    assert_fleet_intact(&summary, 24).await;
+    assert_eq!(
+        section(&summary.report).injected(FaultKind::ClaimCompromise),
+        1
+    );
+    let registry = summary.emulator.as_ref().unwrap().registry();
+    let mut claims: Vec<&str> = registry
+        .certificates()
+        .into_iter()
+        .filter(|c| {
+            let policies = registry.attached_policies(&c.id).unwrap_or_default();
+            policies.iter().any(|p| p.name == "fleetsim-claim")
+        })
+        .map(|c| c.status.as_str())
+        .collect();
+    claims.sort();
+    let mut expected = [CertificateStatus::Active, CertificateStatus::Revoked].map(|s| s.as_str());
+    expected.sort();
+    assert_eq!(
+        claims, expected,
+        "the old claim certificate is revoked, the new one active"
+    );
+}

@@ -39,6 +39,8 @@ fn every_fault_maps_onto_the_typed_section() {
   clock_skew:
     share: 0.3
     behind: 2d
+  claim_compromise:
+    at: 15s
 "#,
     )
     .unwrap();
@@ -59,6 +61,7 @@ fn every_fault_maps_onto_the_typed_section() {
     let skew = faults.clock_skew.unwrap();
     assert_eq!(skew.share, 0.3);
     assert_eq!(skew.offset_seconds, -2.0 * 86_400.0);
+    assert_eq!(faults.claim_compromise, Some(Duration::from_secs(15)));
 }
 
 #[test]
@@ -72,7 +75,7 @@ fn mistakes_in_faults_name_the_place_the_field_and_the_reason() {
     let cases = [
         (
             "faults:\n  drop:\n    rate: 0.1\n",
-            "f.yaml:9:3: faults.drop: unknown field; did you mean `drops`? accepted fields: drops, crash, provisioning, clock_skew",
+            "f.yaml:9:3: faults.drop: unknown field; did you mean `drops`? accepted fields: drops, crash, provisioning, clock_skew, claim_compromise",
         ),
         (
             "faults:\n  drops:\n    rate: 1.5\n",
@@ -93,6 +96,10 @@ fn mistakes_in_faults_name_the_place_the_field_and_the_reason() {
         (
             "faults:\n  drops:\n    all_at: [5s, 30s]\n",
             "f.yaml:10:18: faults.drops.all_at[1]: 30s is not before the end of the run (run.duration 30s)",
+        ),
+        (
+            "faults:\n  claim_compromise:\n    at: 1m\n",
+            "f.yaml:10:9: faults.claim_compromise.at: 1m is not before the end of the run (run.duration 30s)",
         ),
         (
             "faults:\n  crash:\n    max_per_device: 2\n",

@@ -16,4 +16,4 @@ pub mod task;
 
 pub use faults::DeviceFaults;
 pub use rotate::{prove_refused, prove_works};
-pub use task::{DeviceContext, DeviceOutcome, TelemetrySettings};
+pub use task::{ClaimSlot, DeviceContext, DeviceOutcome, TelemetrySettings};

@@ -37,7 +37,7 @@ impl Device {
     }
 
     pub(super) async fn provision_once(&mut self, due: Instant) -> Result<(), (Op, SessionError)> {
-        let claim_tls = client_config(&self.ctx.root_pem, &self.ctx.claim).map_err(|e| {
+        let claim_tls = client_config(&self.ctx.root_pem, &self.ctx.claim.get()).map_err(|e| {
             (
                 Op::ClaimConnect,
                 SessionError::new(FailureReason::Protocol, e.to_string()),

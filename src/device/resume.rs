@@ -88,8 +88,6 @@ impl Device {
         match self.connect_as_thing().await {
             Ok(Some(session)) => {
                 self.retire(&previous).await;
-                self.rotations += 1;
-                self.ctx.recorder.rotation_completed();
                 self.ctx
                     .faults
                     .log

@@ -97,11 +97,6 @@ impl Device {
         // A drop here is noticed by the online loop after the rotation.
         self.drop_if(session, Flow::Rotation, DropPoint::AfterReconnect);
         self.retire(&old).await;
-        self.ctx.recorder.rotation_completed();
-        self.record_rotation_lag(&old);
-        self.rotations += 1;
-        let rotations = self.rotations;
-        self.show(|status| status.rotations = rotations);
         self.succeeded(Op::Rotate, due.elapsed(), || {
             let new = self.current.as_ref().and_then(|c| c.info().ok());
             let old = old.info().ok();
@@ -223,10 +218,22 @@ impl Device {
         // (which retires it again after the restart) counts it once.
         if !self.retired.contains(old) {
             self.retired.push(old.clone());
+            self.rotation_completed(old);
         }
         if let Err(e) = self.store_forget_previous().await {
             debug!(error = %e, "could not drop the retired backup");
         }
+    }
+
+    /// A rotation is complete once its old certificate is retired: counted
+    /// there, so that a crash after the retirement cannot lose it and a
+    /// retirement finished after a restart cannot count it twice.
+    fn rotation_completed(&mut self, old: &Credentials) {
+        self.ctx.recorder.rotation_completed();
+        self.record_rotation_lag(old);
+        self.rotations += 1;
+        let rotations = self.rotations;
+        self.show(|status| status.rotations = rotations);
     }
 
     /// A retired certificate must be refused at the TLS handshake.

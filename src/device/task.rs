@@ -43,7 +43,8 @@ pub struct TelemetrySettings {
 pub struct DeviceContext {
     pub connect: ConnectSettings,
     pub root_pem: String,
-    pub claim: Credentials,
+    /// The claim identity; a compromise drill replaces it mid-run.
+    pub claim: Arc<ClaimSlot>,
     pub template: String,
     /// How devices get certificates, at provisioning and at every rotation.
     pub method: ProvisioningMethod,
@@ -76,7 +77,7 @@ impl DeviceContext {
         DeviceContext {
             connect: self.connect.clone(),
             root_pem: self.root_pem.clone(),
-            claim: self.claim.clone(),
+            claim: Arc::clone(&self.claim),
             template: self.template.clone(),
             method: self.method,
             store,
@@ -89,6 +90,25 @@ impl DeviceContext {
             live: Some(live),
             faults: DeviceFaults::none(Arc::clone(&self.faults.log)),
         }
+    }
+}
+
+/// The fleet's claim certificate and key, replaceable while devices use it.
+pub struct ClaimSlot(std::sync::RwLock<Credentials>);
+
+impl ClaimSlot {
+    pub fn new(claim: Credentials) -> ClaimSlot {
+        ClaimSlot(std::sync::RwLock::new(claim))
+    }
+
+    /// The claim identity to provision with now.
+    pub fn get(&self) -> Credentials {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Hands every later provisioning attempt the new claim identity.
+    pub fn replace(&self, claim: Credentials) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = claim;
     }
 }
 

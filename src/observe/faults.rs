@@ -37,10 +37,12 @@ pub enum FaultKind {
     Throttle,
     /// A Fleet Provisioning answer delayed.
     Latency,
+    /// The claim certificate replaced and the old one revoked mid-run.
+    ClaimCompromise,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::RandomDrop,
         FaultKind::DropAfterCertificate,
         FaultKind::DropAfterStore,
@@ -51,6 +53,7 @@ impl FaultKind {
         FaultKind::HookDenial,
         FaultKind::Throttle,
         FaultKind::Latency,
+        FaultKind::ClaimCompromise,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl FaultKind {
             FaultKind::HookDenial => "hook_denial",
             FaultKind::Throttle => "throttle",
             FaultKind::Latency => "latency",
+            FaultKind::ClaimCompromise => "claim_compromise",
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct Faults {
     pub crash: Option<Crash>,
     pub provisioning: ProvisioningFaults,
     pub clock_skew: Option<ClockSkew>,
+    /// When (wall clock, from the start of the run) the claim certificate
+    /// is replaced and the old one revoked, as after a leak.
+    pub claim_compromise: Option<Duration>,
 }
 
 /// Connections the devices drop without a DISCONNECT, as a network would.
@@ -99,7 +102,13 @@ pub struct ClockSkew {
     pub offset_seconds: f64,
 }
 
-const FIELDS: &[&str] = &["drops", "crash", "provisioning", "clock_skew"];
+const FIELDS: &[&str] = &[
+    "drops",
+    "crash",
+    "provisioning",
+    "clock_skew",
+    "claim_compromise",
+];
 
 /// Reads `faults`, checking times against the run's length and refusing
 /// emulator faults on a target that is not the emulator.
@@ -116,7 +125,25 @@ pub(crate) fn faults(top: &Section, target: Target, run: &RunLimits) -> Result<F
         crash: crash(&section)?,
         provisioning: provisioning.value,
         clock_skew: clock_skew(&section)?,
+        claim_compromise: claim_compromise(&section, run)?,
     })
+}
+
+fn claim_compromise(faults: &Section, run: &RunLimits) -> Result<Option<Duration>, Problem> {
+    if faults.get("claim_compromise").is_none() {
+        return Ok(None);
+    }
+    let section = child(faults, "claim_compromise", &["at"])?;
+    let field = section.require("at")?;
+    let at = field.positive_duration()?;
+    if at >= run.duration {
+        return Err(field.problem(format!(
+            "{} is not before the end of the run (run.duration {})",
+            format_duration(at),
+            format_duration(run.duration)
+        )));
+    }
+    Ok(Some(at))
 }
 
 /// A parsed value with where to blame it.
