@@ -18,12 +18,14 @@ use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
 use crate::device::live::LiveTable;
 use crate::device::mqtt::{ConnectSettings, Endpoint, SourceAddresses};
-use crate::device::{DeviceContext, DeviceOutcome, TelemetrySettings};
+use crate::device::{ClaimSlot, DeviceContext, DeviceFaults, DeviceOutcome, TelemetrySettings};
 use crate::device::{prove_refused, prove_works};
+use crate::emulator::faults::EmulatorFaults;
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::observe::faults::{FailedDevices, FaultKind, FaultLog, FaultSection};
 use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
@@ -130,14 +132,16 @@ pub async fn execute(
         ),
         None => None,
     };
+    let emulator_faults = emulator_faults(scenario);
     let (emulator, target) = match (&options.aws_target, &options.emulator) {
         (Some(config), _) => (None, Target::aws(scenario, config).await?),
         (None, None) => {
-            let emulator = start_emulator(scenario).await?;
+            let emulator = start_emulator(scenario, emulator_faults.clone()).await?;
             let target = Target::of(&emulator);
             (Some(emulator), target)
         }
         (None, Some(path)) => {
+            refuse_emulator_faults(scenario, path)?;
             let target = Target::standalone(scenario, path)?;
             target.check_reachable(path).await?;
             (None, target)
@@ -159,7 +163,9 @@ pub async fn execute(
         let _ = tap.send(Arc::clone(&recorder));
     }
     let stop = CancellationToken::new();
+    let fault_log = Arc::new(FaultLog::new(&scenario.name));
     let mut context = device_context(scenario, &target, &setup, store, control, &recorder, &stop)?;
+    context.faults = device_faults(scenario, Arc::clone(&fault_log));
     let live = options.console.as_ref().map(|_| Arc::new(LiveTable::new()));
     context.live = live.clone();
     context.connect.sources = SourceAddresses::new(options.source_addresses.clone());
@@ -178,6 +184,15 @@ pub async fn execute(
         _ => None,
     };
     let started = Instant::now();
+    let drill = scenario.faults.claim_compromise.map(|at| {
+        tokio::spawn(fleet::drill::replace_claim_at(
+            Arc::clone(&context),
+            setup_names(&scenario.provisioning.template).claim_policy,
+            setup.claim_certificate_id.clone(),
+            started + at,
+            Arc::clone(&fault_log),
+        ))
+    });
     let outcomes = run_fleet(
         scenario,
         &plan,
@@ -189,6 +204,9 @@ pub async fn execute(
     )
     .await;
     let elapsed = started.elapsed();
+    if let Some(drill) = drill {
+        drill.abort();
+    }
     if let Some((console, hands_on_stop)) = console {
         hands_on_stop.cancel();
         console.shutdown().await;
@@ -198,6 +216,7 @@ pub async fn execute(
         .map_err(|e| RunError::Failed(e.to_string()))?;
     report.shard = ShardInfo::of(&plan);
     report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
+    report.faults = fault_section(scenario, &fault_log, emulator_faults.as_deref(), &outcomes);
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -429,10 +448,14 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
     }
 }
 
-async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
+async fn start_emulator(
+    scenario: &Scenario,
+    faults: Option<Arc<EmulatorFaults>>,
+) -> Result<Emulator, RunError> {
     let config = EmulatorConfig {
         certificate_validity: scenario.to_real(scenario.certificates.validity),
         key_pool_size: key_pool_size(scenario),
+        faults,
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config)
@@ -524,11 +547,12 @@ fn device_context(
     stop: &CancellationToken,
 ) -> Result<DeviceContext, RunError> {
     let endpoint = target.endpoint.clone();
-    let claim = Credentials {
+    let claim = ClaimSlot::new(Credentials {
         certificate_pem: setup.claim_certificate_pem.clone(),
         private_key_pem: setup.claim_private_key_pem.clone(),
-    };
-    let claim_tls = crate::identity::tls::client_config(&target.root_pem, &claim)
+    });
+    claim
+        .tls(&target.root_pem)
         .map_err(|e| RunError::CannotStart(format!("claim credentials: {e}")))?;
     Ok(DeviceContext {
         connect: ConnectSettings {
@@ -538,8 +562,7 @@ fn device_context(
             sources: SourceAddresses::default(),
         },
         root_pem: target.root_pem.clone(),
-        claim,
-        claim_tls,
+        claim: Arc::new(claim),
         template: scenario.provisioning.template.clone(),
         method: scenario.provisioning.method,
         store,
@@ -554,7 +577,86 @@ fn device_context(
         },
         stop: stop.clone(),
         live: None,
+        faults: DeviceFaults::none(Arc::new(FaultLog::new(&scenario.name))),
     })
+}
+
+/// What the in-process emulator is to do wrong, if anything.
+fn emulator_faults(scenario: &Scenario) -> Option<Arc<EmulatorFaults>> {
+    let wanted = &scenario.faults.provisioning;
+    wanted.any().then(|| {
+        Arc::new(EmulatorFaults::new(
+            wanted.deny_rate,
+            wanted.throttle_rate,
+            wanted.latency,
+        ))
+    })
+}
+
+/// A standalone emulator runs in another process: this run cannot make it
+/// deny, throttle or delay.
+fn refuse_emulator_faults(scenario: &Scenario, path: &Path) -> Result<(), RunError> {
+    if !scenario.faults.provisioning.any() {
+        return Ok(());
+    }
+    Err(RunError::CannotStart(format!(
+        "faults.provisioning needs the in-process emulator; the emulator at {} runs in \
+         another process (leave out --emulator, or drop faults.provisioning)",
+        path.display()
+    )))
+}
+
+/// The scenario's device faults, with times and skew in real time.
+fn device_faults(scenario: &Scenario, log: Arc<FaultLog>) -> DeviceFaults {
+    let faults = &scenario.faults;
+    let now = Instant::now();
+    DeviceFaults {
+        drop_rate: faults.drops.rate,
+        drop_at: faults.drops.at.clone(),
+        storms: faults.drops.all_at.iter().map(|at| now + *at).collect(),
+        crash: faults
+            .crash
+            .as_ref()
+            .map(|c| (c.per_device_per_second, c.max_per_device)),
+        skew: faults
+            .clock_skew
+            .as_ref()
+            .map(|s| (s.share, s.offset_seconds / scenario.clock.speedup)),
+        log,
+    }
+}
+
+/// The report's faults section, when the scenario injects any: the
+/// emulator's injections added to the devices' own, and the failed devices
+/// by the step and reason that ended them.
+fn fault_section(
+    scenario: &Scenario,
+    log: &FaultLog,
+    emulator: Option<&EmulatorFaults>,
+    outcomes: &[DeviceOutcome],
+) -> Option<FaultSection> {
+    if scenario.faults == scenario::Faults::default() {
+        return None;
+    }
+    if let Some(emulator) = emulator {
+        let counts = emulator.injected();
+        log.add_injected(FaultKind::HookDenial, counts.denied);
+        log.add_injected(FaultKind::Throttle, counts.throttled);
+        log.add_injected(FaultKind::Latency, counts.delayed);
+    }
+    let mut failed: Vec<FailedDevices> = Vec::new();
+    for (op, reason) in outcomes.iter().filter_map(|o| o.failure) {
+        let (op, reason) = (op.as_str(), reason.as_str());
+        match failed.iter_mut().find(|f| f.op == op && f.reason == reason) {
+            Some(entry) => entry.devices += 1,
+            None => failed.push(FailedDevices {
+                op: op.to_owned(),
+                reason: reason.to_owned(),
+                devices: 1,
+            }),
+        }
+    }
+    Some(log.section(failed))
 }
 
 fn telemetry_settings(scenario: &Scenario) -> Option<TelemetrySettings> {

@@ -118,6 +118,33 @@ impl ControlPlane {
         })
     }
 
+    /// The drill for a leaked claim certificate: a new claim certificate
+    /// with `claim_policy` attached, then the old one revoked (which closes
+    /// every connection still using it).
+    pub async fn replace_claim_certificate(
+        &self,
+        claim_policy: &str,
+        old_certificate_id: &str,
+    ) -> Result<SetupOutput, ControlError> {
+        let (key_pem, csr_pem) = claim_key_and_csr()?;
+        let claim = self.create_claim_certificate(&csr_pem).await?;
+        self.attach_policy(claim_policy, &claim.arn).await?;
+        self.client
+            .update_certificate()
+            .certificate_id(old_certificate_id)
+            .new_status(aws_sdk_iot::types::CertificateStatus::Revoked)
+            .send()
+            .await
+            .map_err(|e| ControlError::from_sdk("UpdateCertificate", old_certificate_id, e))?;
+        tracing::info!(old = old_certificate_id, new = %claim.id, "claim certificate replaced");
+        Ok(SetupOutput {
+            claim_certificate_id: claim.id,
+            claim_certificate_pem: claim.pem,
+            claim_private_key_pem: key_pem,
+            endpoint: self.data_endpoint().await?,
+        })
+    }
+
     pub(crate) async fn ensure_policy(
         &self,
         name: &str,

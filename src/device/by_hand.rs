@@ -97,6 +97,6 @@ impl Device {
             .and_then(|c| c.info().ok())
             .map(|info| info.not_after)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        schedule.is_due(not_after, SystemTime::now())
+        schedule.is_due(not_after, self.faults.clock(SystemTime::now()))
     }
 }

@@ -3,13 +3,17 @@
 //! by claim through telemetry and certificate rotation.
 
 mod by_hand;
+pub mod faults;
 pub mod lifecycle;
 pub mod live;
 pub mod mqtt;
 mod online;
 mod provision;
+mod resume;
 mod rotate;
+mod storage;
 pub mod task;
 
+pub use faults::DeviceFaults;
 pub use rotate::{prove_refused, prove_works};
-pub use task::{DeviceContext, DeviceOutcome, TelemetrySettings};
+pub use task::{ClaimSlot, DeviceContext, DeviceOutcome, TelemetrySettings};

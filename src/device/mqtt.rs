@@ -280,6 +280,12 @@ impl Session {
         self.driver.is_finished().then(closed)
     }
 
+    /// Drops the connection at once, without a DISCONNECT, as a broken
+    /// network would (fault injection); every later step on it fails.
+    pub fn sever(&mut self) {
+        self.driver.abort();
+    }
+
     /// Sends DISCONNECT and gives the driver a moment to flush it.
     pub async fn disconnect(mut self) {
         if self.send(Packet::Disconnect).is_ok() {

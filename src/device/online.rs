@@ -6,9 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::{Instant, sleep_until};
 
+use super::faults::{next_storm, random_drop};
 use super::mqtt::{Session, SessionError};
 use super::task::{Device, Ending, GaveUp};
 use crate::identity::{Credentials, tls::client_config};
+use crate::observe::faults::FaultKind;
 use crate::observe::{DeviceState, FailureReason, Op};
 
 impl Device {
@@ -61,14 +63,26 @@ impl Device {
         let mut next_check = self.next_check();
         let mut sequence = 0u64;
         let stop = self.ctx.stop.clone();
+        let storm = next_storm(&self.ctx.faults, Instant::now());
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(Ending::Stopped),
+                _ = sleep_until(storm.unwrap_or_else(far_future)), if storm.is_some() => {
+                    self.ctx.faults.log.injected(FaultKind::ReconnectStorm);
+                    session.sever();
+                    return Ok(Ending::Lost(SessionError::new(
+                        FailureReason::Connection,
+                        "dropped with the whole fleet (injected fault)",
+                    )));
+                }
                 _ = sleep_until(next_publish.unwrap_or_else(far_future)), if next_publish.is_some() => {
                     let due = next_publish.expect("guarded by the select condition");
                     sequence += 1;
                     if let Err(error) = self.publish_telemetry(session, due, sequence).await {
                         return Ok(Ending::Lost(error));
+                    }
+                    if random_drop(&self.ctx.faults, &mut self.rng) {
+                        session.sever();
                     }
                     next_publish = self.ctx.telemetry.as_ref().map(|t| due + t.interval);
                 }

@@ -3,9 +3,10 @@
 //! the store's atomic install. A rotation reuses the same requests over the
 //! device's own connection.
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
+use tracing::debug;
+
+use super::faults::{Flow, random_drop};
 
 use super::mqtt::{Session, SessionError};
 use super::task::{Device, GaveUp, Issued, short};
@@ -17,7 +18,7 @@ use crate::provisioning::{
     create_from_csr, create_keys, register_thing_accepted, register_thing_rejected,
     register_thing_topic,
 };
-use crate::scenario::ProvisioningMethod;
+use crate::scenario::{DropPoint, ProvisioningMethod};
 
 impl Device {
     /// Provisions with the claim certificate, retrying the whole exchange:
@@ -36,7 +37,12 @@ impl Device {
     }
 
     pub(super) async fn provision_once(&mut self, due: Instant) -> Result<(), (Op, SessionError)> {
-        let claim_tls = Arc::clone(&self.ctx.claim_tls);
+        let claim_tls = self.ctx.claim.tls(&self.ctx.root_pem).map_err(|e| {
+            (
+                Op::ClaimConnect,
+                SessionError::new(FailureReason::Protocol, e),
+            )
+        })?;
         let client_id = format!("provision-{}", self.serial);
         let mut session = Session::connect(&self.ctx.connect, &client_id, claim_tls)
             .await
@@ -49,11 +55,32 @@ impl Device {
             .await
             .map_err(|e| (Op::ClaimConnect, e))?;
         let issued = self.request_certificate(&mut session).await?;
+        self.drop_if(&mut session, Flow::Provision, DropPoint::AfterCertificate);
         let thing = self.register_thing(&mut session, &issued).await?;
-        session.disconnect().await;
         self.adopt(thing, issued.credentials)
             .await
-            .map_err(|e| (Op::Provision, e))
+            .map_err(|e| (Op::Provision, e))?;
+        if !self.drop_if(&mut session, Flow::Provision, DropPoint::AfterStore) {
+            session.disconnect().await;
+        }
+        Ok(())
+    }
+
+    /// Drops `session` at a named step, the first time this device passes
+    /// it in `flow`, or at random after a reply; true if it dropped.
+    pub(super) fn drop_if(&mut self, session: &mut Session, flow: Flow, point: DropPoint) -> bool {
+        let at_point = self.faults.drop_here(&self.ctx.faults, flow, point);
+        let dropped = at_point
+            || (point == DropPoint::AfterCertificate
+                && random_drop(&self.ctx.faults, &mut self.rng));
+        if dropped {
+            debug!(
+                point = point.as_str(),
+                "connection dropped (injected fault)"
+            );
+            session.sever();
+        }
+        dropped
     }
 
     pub(super) fn reply_filters(&self) -> [String; 4] {
@@ -182,12 +209,12 @@ impl Device {
         thing: String,
         credentials: Credentials,
     ) -> Result<(), SessionError> {
-        self.ctx
-            .store
-            .install(&self.serial, &credentials)
+        // The thing name is configuration, kept before the files it names,
+        // so that a device restarted after the write knows who it is.
+        self.thing = thing;
+        self.store_install(&credentials)
             .await
             .map_err(|e| SessionError::new(FailureReason::Storage, e.to_string()))?;
-        self.thing = thing;
         self.current = Some(credentials);
         self.show_identity();
         Ok(())

@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 use tokio::time::{Instant, sleep};
 use tracing::debug;
 
+use super::faults::Flow;
 use super::mqtt::{ConnectSettings, Session, SessionError};
 use super::task::{Device, Ending, GaveUp, short};
 use crate::identity::{Credentials, tls::client_config};
 use crate::observe::{DeviceState, FailureReason, Op};
+use crate::scenario::DropPoint;
 
 impl Device {
     /// A check tick: finish a retirement left over from an earlier rotation,
@@ -73,6 +75,7 @@ impl Device {
             Ok(issued) => issued,
             Err((op, error)) => return Ok(self.rotation_failed(op, error)),
         };
+        self.drop_if(session, Flow::Rotation, DropPoint::AfterCertificate);
         if let Err((op, error)) = self.register_thing(session, &issued).await {
             return Ok(self.rotation_failed(op, error));
         }
@@ -80,16 +83,14 @@ impl Device {
         if let Err(error) = self.adopt(thing, issued.credentials).await {
             return Ok(self.rotation_failed(Op::Rotate, error));
         }
+        self.drop_if(session, Flow::Rotation, DropPoint::AfterStore);
         match self.prove_new_identity(&old).await? {
             Some(fresh) => *session = fresh,
             None => return Ok(Some(Ending::Stopped)),
         }
+        // A drop here is noticed by the online loop after the rotation.
+        self.drop_if(session, Flow::Rotation, DropPoint::AfterReconnect);
         self.retire(&old).await;
-        self.ctx.recorder.rotation_completed();
-        self.record_rotation_lag(&old);
-        self.rotations += 1;
-        let rotations = self.rotations;
-        self.show(|status| status.rotations = rotations);
         self.succeeded(Op::Rotate, due.elapsed(), || {
             let new = self.current.as_ref().and_then(|c| c.info().ok());
             let old = old.info().ok();
@@ -146,7 +147,7 @@ impl Device {
     }
 
     pub(super) async fn fall_back_to(&mut self, old: &Credentials) {
-        if let Err(e) = self.ctx.store.install(&self.serial, old).await {
+        if let Err(e) = self.store_install(old).await {
             self.ctx
                 .recorder
                 .failure(Op::Rotate, FailureReason::Storage);
@@ -207,10 +208,26 @@ impl Device {
             self.failed(Op::Revoke, &error);
         }
         self.show(|status| status.push_retired(info.id.clone()));
-        if let Err(e) = self.ctx.store.forget_previous(&self.serial).await {
+        // Recorded before the backup goes, so that a crash in between
+        // (which retires it again after the restart) counts it once.
+        if !self.retired.contains(old) {
+            self.retired.push(old.clone());
+            self.rotation_completed(old);
+        }
+        if let Err(e) = self.store_forget_previous().await {
             debug!(error = %e, "could not drop the retired backup");
         }
-        self.retired.push(old.clone());
+    }
+
+    /// A rotation is complete once its old certificate is retired: counted
+    /// there, so that a crash after the retirement cannot lose it and a
+    /// retirement finished after a restart cannot count it twice.
+    fn rotation_completed(&mut self, old: &Credentials) {
+        self.ctx.recorder.rotation_completed();
+        self.record_rotation_lag(old);
+        self.rotations += 1;
+        let rotations = self.rotations;
+        self.show(|status| status.rotations = rotations);
     }
 
     /// A retired certificate must be refused at the TLS handshake.

@@ -18,12 +18,15 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
 
+use super::faults::{DeviceFaults, FaultState};
 use super::lifecycle::{Retry, RetryPolicy, RotationSchedule};
 use super::live::{CertificateSummary, LiveTable, Step};
-use super::mqtt::{ConnectSettings, SessionError};
+use super::mqtt::{ConnectSettings, Session, SessionError};
 use crate::control::ControlPlane;
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::identity::tls::client_config;
+use crate::observe::faults::FaultResponse;
 use crate::observe::{DeviceState, FailureReason, Op, Recorder};
 use crate::scenario::ProvisioningMethod;
 
@@ -41,9 +44,8 @@ pub struct TelemetrySettings {
 pub struct DeviceContext {
     pub connect: ConnectSettings,
     pub root_pem: String,
-    pub claim: Credentials,
-    /// The claim's TLS configuration, built once for the whole fleet.
-    pub claim_tls: Arc<rustls::ClientConfig>,
+    /// The claim identity; a compromise drill replaces it mid-run.
+    pub claim: Arc<ClaimSlot>,
     pub template: String,
     /// How devices get certificates, at provisioning and at every rotation.
     pub method: ProvisioningMethod,
@@ -58,6 +60,8 @@ pub struct DeviceContext {
     /// Where the device shows its status while it runs (the console);
     /// `None` costs nothing.
     pub live: Option<Arc<LiveTable>>,
+    /// What the device does wrong on purpose (fault injection).
+    pub faults: DeviceFaults,
 }
 
 impl DeviceContext {
@@ -74,8 +78,7 @@ impl DeviceContext {
         DeviceContext {
             connect: self.connect.clone(),
             root_pem: self.root_pem.clone(),
-            claim: self.claim.clone(),
-            claim_tls: Arc::clone(&self.claim_tls),
+            claim: Arc::clone(&self.claim),
             template: self.template.clone(),
             method: self.method,
             store,
@@ -86,7 +89,55 @@ impl DeviceContext {
             retry: self.retry,
             stop,
             live: Some(live),
+            faults: DeviceFaults::none(Arc::clone(&self.faults.log)),
         }
+    }
+}
+
+/// The fleet's claim certificate and key, replaceable while devices use it.
+pub struct ClaimSlot(std::sync::RwLock<ClaimIdentity>);
+
+/// The claim credentials and, once built, their TLS configuration: one for
+/// the whole fleet, so a provisioning storm does not parse PEM per device.
+struct ClaimIdentity {
+    credentials: Credentials,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ClaimSlot {
+    pub fn new(claim: Credentials) -> ClaimSlot {
+        ClaimSlot(std::sync::RwLock::new(ClaimIdentity {
+            credentials: claim,
+            tls: None,
+        }))
+    }
+
+    /// The claim identity to provision with now.
+    pub fn get(&self) -> Credentials {
+        self.read().credentials.clone()
+    }
+
+    /// The TLS configuration of the current claim identity, built on first use.
+    pub fn tls(&self, root_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(tls) = &self.read().tls {
+            return Ok(Arc::clone(tls));
+        }
+        let mut slot = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let tls = client_config(root_pem, &slot.credentials).map_err(|e| e.to_string())?;
+        Ok(Arc::clone(slot.tls.get_or_insert(tls)))
+    }
+
+    /// Hands every later provisioning attempt the new claim identity.
+    pub fn replace(&self, claim: Credentials) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = ClaimIdentity {
+            credentials: claim,
+            tls: None,
+        };
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ClaimIdentity> {
+        // Plain data: a panic elsewhere leaves nothing half-changed.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -132,20 +183,42 @@ pub(crate) struct Device {
     pub(super) retired: Vec<Credentials>,
     pub(super) rotations: u64,
     pub(super) rng: StdRng,
+    pub(super) faults: FaultState,
+    pub(super) store_lock: super::storage::StoreLock,
 }
 
-/// Runs one device whose arrival was scheduled at `due`.
+/// Runs one device whose arrival was scheduled at `due`. With crashes
+/// injected, the device's life is aborted at random moments (wherever it
+/// is) and started again from what its store holds.
 pub async fn run(ctx: Arc<DeviceContext>, serial: String, due: Instant) -> DeviceOutcome {
     let span = debug_span!("device", serial = %serial);
     let mut device = Device::new(ctx, serial);
     device.enter(DeviceState::Provisioning);
-    let result = device.live(due).instrument(span).await;
+    let result = async {
+        loop {
+            let crash_in = device
+                .faults
+                .next_crash(&device.ctx.faults, &mut device.rng);
+            let Some(crash_in) = crash_in else {
+                return device.incarnation(due).await;
+            };
+            tokio::select! {
+                result = device.incarnation(due) => return result,
+                _ = sleep(crash_in) => {}
+            }
+            device.crashed();
+        }
+    }
+    .instrument(span)
+    .await;
     device.finish(result)
 }
 
 impl Device {
     pub(crate) fn new(ctx: Arc<DeviceContext>, serial: String) -> Device {
         ctx.recorder.device_state(None, DeviceState::Pending);
+        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let faults = FaultState::new(&ctx.faults, &mut rng);
         let device = Device {
             ctx,
             serial,
@@ -155,7 +228,9 @@ impl Device {
             unretired: None,
             retired: Vec::new(),
             rotations: 0,
-            rng: StdRng::from_rng(&mut rand::rng()),
+            rng,
+            faults,
+            store_lock: Default::default(),
         };
         device.show(|status| status.state = DeviceState::Pending);
         device
@@ -168,7 +243,7 @@ impl Device {
             provisioned = self.provision(due) => provisioned?,
         }
         self.enter(DeviceState::Offline);
-        let mut session = match self.connect_as_thing().await? {
+        let session = match self.connect_as_thing().await? {
             Some(session) => session,
             None => return Ok(()),
         };
@@ -176,6 +251,13 @@ impl Device {
         self.succeeded(Op::Provision, due.elapsed(), || {
             format!("provisioned: online as {}", self.thing)
         });
+        self.stay_online(session).await
+    }
+
+    /// Telemetry and checks until the run stops; a lost connection is
+    /// followed by a jittered pause (so that a fleet dropped at once does
+    /// not reconnect at once) and a reconnect with backoff.
+    pub(super) async fn stay_online(&mut self, mut session: Session) -> Result<(), GaveUp> {
         loop {
             match self.online(&mut session).await? {
                 Ending::Stopped => {
@@ -185,12 +267,30 @@ impl Device {
                 Ending::Lost(error) => {
                     debug!(reason = error.reason.as_str(), "connection lost");
                     self.enter(DeviceState::Offline);
+                    if !self.reconnect_pause().await {
+                        return Ok(());
+                    }
                     match self.connect_as_thing().await? {
-                        Some(fresh) => session = fresh,
+                        Some(fresh) => {
+                            self.ctx.faults.log.responded(FaultResponse::Reconnected);
+                            session = fresh;
+                        }
                         None => return Ok(()),
                     }
                 }
             }
+        }
+    }
+
+    /// Waits up to `backoff_max`, drawn at random, before reconnecting;
+    /// false when the run stopped meanwhile.
+    async fn reconnect_pause(&mut self) -> bool {
+        let ceiling = self.ctx.retry.max;
+        let pause = ceiling.mul_f64(rand::Rng::random_range(&mut self.rng, 0.0..=1.0));
+        self.ctx.faults.log.reconnect_paused(pause, ceiling);
+        tokio::select! {
+            _ = self.ctx.stop.cancelled() => false,
+            _ = sleep(pause.max(super::lifecycle::MIN_BACKOFF.min(ceiling))) => true,
         }
     }
 
@@ -202,7 +302,11 @@ impl Device {
             DeviceState::Offline
         };
         self.enter(end);
-        let thing = (!self.thing.is_empty()).then(|| self.thing.clone());
+        // A thing is only reported with an identity to prove: a device
+        // stopped between learning its thing name and storing its files
+        // never had one.
+        let has_identity = !self.thing.is_empty() && self.current.is_some();
+        let thing = has_identity.then(|| self.thing.clone());
         // A certificate never retired (control plane gave up) still works:
         // report it as retired so the end-of-run check proves or disproves it.
         self.retired.extend(self.unretired.take());

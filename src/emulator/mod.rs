@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod ca;
 pub mod control_api;
+pub mod faults;
 pub mod fleet_provisioning;
 pub mod hook;
 pub mod persist;
@@ -61,6 +62,8 @@ pub struct EmulatorConfig {
     /// Delay before AttachPolicy and DetachPolicy take effect, like AWS's
     /// policy cache (AWS: 6 to 8 minutes; default none).
     pub policy_propagation_delay: Duration,
+    /// Faults injected on purpose into Fleet Provisioning; none by default.
+    pub faults: Option<Arc<faults::EmulatorFaults>>,
 }
 
 impl Default for EmulatorConfig {
@@ -78,6 +81,7 @@ impl Default for EmulatorConfig {
             hooks: Arc::default(),
             detach_propagation_delay: Duration::ZERO,
             policy_propagation_delay: Duration::ZERO,
+            faults: None,
         }
     }
 }
@@ -123,6 +127,7 @@ impl Emulator {
             token_lifetime: config.token_lifetime,
             server_key: config.server_key,
             key_pool_size: config.key_pool_size,
+            faults: config.faults.clone(),
         };
         let provisioning = Arc::new(FleetProvisioning::with_settings(
             Arc::clone(&registry),

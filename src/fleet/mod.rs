@@ -3,6 +3,7 @@
 //! schedule until the fleet (or its shard) is complete or the run stops.
 
 pub mod arrival;
+pub mod drill;
 pub mod shard;
 
 use std::sync::Arc;

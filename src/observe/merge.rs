@@ -141,10 +141,19 @@ pub fn merge(reports: &[NamedReport]) -> Result<Report, MergeError> {
         passed: false,
         shard: None,
         key_type: first.report.key_type.clone(),
+        faults: merge_faults(reports),
     };
     merged.slo = judge_again(first, &merged)?;
     merged.passed = merged.passed();
     Ok(merged)
+}
+
+/// Every shard's faults section summed; absent when no shard had one.
+fn merge_faults(reports: &[NamedReport]) -> Option<super::faults::FaultSection> {
+    let mut sections = reports.iter().filter_map(|r| r.report.faults.as_ref());
+    let mut merged = sections.next()?.clone();
+    sections.for_each(|section| merged.add(section));
+    Some(merged)
 }
 
 /// Same run name, same shard layout, same objectives, same operations.

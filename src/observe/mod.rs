@@ -5,6 +5,7 @@
 //! Every label value used in metrics comes from the fixed enums below, so
 //! cardinality is bounded by construction; nothing here is per device.
 
+pub mod faults;
 pub mod merge;
 pub mod metrics;
 pub mod progress;

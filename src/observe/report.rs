@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
+use super::faults::FaultSection;
 use super::merge::ShardInfo;
 use super::slo::{self, Bound, Measured, SloVerdict};
 use super::{DeviceState, FailureReason, ObserveError, Op, Recorder, Snapshot};
@@ -62,6 +63,10 @@ pub struct Report {
     /// handshake signs with; set by the run, absent in older reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_type: Option<String>,
+    /// What a fault-injection run injected and how the fleet answered;
+    /// set by the run when the scenario has faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultSection>,
 }
 
 /// Latencies in milliseconds, from the moment the step was due; `None` when
@@ -136,6 +141,7 @@ impl Report {
             slo,
             shard: None,
             key_type: None,
+            faults: None,
         })
     }
 
@@ -165,6 +171,7 @@ impl Report {
         self.write_operations(&mut out);
         self.write_failures(&mut out);
         self.write_fleet(&mut out);
+        self.write_faults(&mut out);
         self.write_verdicts(&mut out);
         out
     }
@@ -251,6 +258,33 @@ impl Report {
             "retired certificates: {}, still accepted: {}",
             self.retired_certificates, self.retired_still_accepted
         );
+    }
+
+    fn write_faults(&self, out: &mut String) {
+        let Some(faults) = &self.faults else { return };
+        let _ = writeln!(out, "\nfaults injected");
+        if faults.injected.is_empty() {
+            let _ = writeln!(out, "  (none happened)");
+        }
+        for count in &faults.injected {
+            let _ = writeln!(out, "  {:<34}{:>9}", count.name, count.count);
+        }
+        let _ = writeln!(out, "what the fleet did");
+        for count in &faults.responses {
+            let _ = writeln!(out, "  {:<34}{:>9}", count.name, count.count);
+        }
+        for failed in &faults.devices_failed {
+            let what = format!("failed at {}: {}", failed.op, failed.reason);
+            let _ = writeln!(out, "  {what:<34}{:>9}", failed.devices);
+        }
+        if !faults.reconnect_pauses.is_empty() {
+            let slices: Vec<String> = faults.reconnect_pauses.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  reconnect pauses by eighth of backoff_max: {}",
+                slices.join(" ")
+            );
+        }
     }
 
     fn write_verdicts(&self, out: &mut String) {

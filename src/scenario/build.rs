@@ -24,6 +24,7 @@ const TOP_FIELDS: &[&str] = &[
     "run",
     "credentials",
     "slo",
+    "faults",
 ];
 
 /// AWS IoT Core's largest MQTT payload.
@@ -52,28 +53,32 @@ pub(crate) fn scenario(root: &Node) -> Result<Scenario, Problem> {
     let (name, target, fleet) = (name(&top)?, target(&top)?, fleet(&top)?);
     let (arrival, provisioning) = (arrival(&top)?, provisioning(&top)?);
     let (clock, certificates) = (clock(&top)?, certificates(&top)?);
+    let rotation = rotation(&top, &certificates, &clock)?;
+    let telemetry = telemetry(&top)?;
+    let run = run_limits(&top)?;
     Ok(Scenario {
         name,
         target,
         fleet,
         arrival,
         provisioning,
-        rotation: rotation(&top, &certificates, &clock)?,
+        rotation,
         clock: Clock {
             speedup: clock.value,
         },
         certificates: Certificates {
             validity: certificates.value,
         },
-        telemetry: telemetry(&top)?,
-        run: run_limits(&top)?,
+        telemetry,
+        run: run.clone(),
         credentials: credentials(&top)?,
         slo: slo(&top)?,
+        faults: super::faults::faults(&top, target, &run)?,
     })
 }
 
 /// Reads an optional field with `read`, or gives `default` when it is absent.
-fn optional<'a, T>(
+pub(super) fn optional<'a, T>(
     section: &Section<'a>,
     name: &str,
     read: impl FnOnce(&Field<'a>) -> Result<T, Problem>,
@@ -104,7 +109,11 @@ fn sited<'a, T>(
     }
 }
 
-fn child<'a>(top: &Section<'a>, name: &str, accepted: &[&str]) -> Result<Section<'a>, Problem> {
+pub(super) fn child<'a>(
+    top: &Section<'a>,
+    name: &str,
+    accepted: &[&str],
+) -> Result<Section<'a>, Problem> {
     let at = top.key_at(name).unwrap_or(top.at());
     Section::open(top.node(name), &top.path(name), at, accepted)
 }
@@ -359,7 +368,7 @@ fn slo(top: &Section) -> Result<Slo, Problem> {
 }
 
 /// Reads a field that has no default.
-fn maybe<'a, T>(
+pub(super) fn maybe<'a, T>(
     section: &Section<'a>,
     name: &str,
     read: impl FnOnce(&Field<'a>) -> Result<T, Problem>,
@@ -371,7 +380,7 @@ fn count(field: &Field) -> Result<u64, Problem> {
     Ok(field.integer(0, u64::MAX.into())? as u64)
 }
 
-fn ratio(field: &Field) -> Result<f64, Problem> {
+pub(super) fn ratio(field: &Field) -> Result<f64, Problem> {
     let ratio = field.number()?;
     if !(0.0..=1.0).contains(&ratio) {
         return Err(field.problem(format!("{ratio} is not a ratio between 0 and 1")));

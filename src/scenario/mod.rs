@@ -7,6 +7,7 @@
 //! wall-clock time.
 
 mod build;
+mod faults;
 mod fields;
 mod rules;
 mod syntax;
@@ -16,6 +17,7 @@ mod values;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use faults::{ClockSkew, Crash, DropPoint, Drops, Faults, ProvisioningFaults};
 pub use values::{format_duration, parse_duration};
 
 /// The field name used for problems that belong to no field in particular.
@@ -36,6 +38,8 @@ pub struct Scenario {
     pub run: RunLimits,
     pub credentials: CredentialStorage,
     pub slo: Slo,
+    /// What goes wrong on purpose; nothing by default.
+    pub faults: Faults,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,8 +21,26 @@ impl StandaloneProcess {
     /// Starts the emulator on `state_dir` with `validity` for the
     /// certificates it issues, and waits until it is ready.
     pub fn start(state_dir: &Path, validity: &str) -> StandaloneProcess {
+        StandaloneProcess::start_on(state_dir, validity, 0, 0)
+    }
+
+    /// Like `start`, on the given ports (0 picks free ones): a restart on
+    /// the ports of the previous start keeps the endpoint clients know.
+    pub fn start_on(
+        state_dir: &Path,
+        validity: &str,
+        mqtt_port: u16,
+        control_port: u16,
+    ) -> StandaloneProcess {
+        let (mqtt_port, control_port) = (mqtt_port.to_string(), control_port.to_string());
         let mut child = Command::new(BINARY)
-            .args(["emulator", "--mqtt-port", "0", "--control-port", "0"])
+            .args([
+                "emulator",
+                "--mqtt-port",
+                &mqtt_port,
+                "--control-port",
+                &control_port,
+            ])
             .args(["--certificate-validity", validity, "--state-dir"])
             .arg(state_dir)
             .env("RUST_LOG", "warn")

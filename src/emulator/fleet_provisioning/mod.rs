@@ -47,6 +47,8 @@ pub struct ProvisioningSettings {
     pub server_key: ServerKeyType,
     /// Keys generated ahead of demand; 0 generates each on request.
     pub key_pool_size: usize,
+    /// Faults injected on purpose (latency, throttles, hook denials).
+    pub faults: Option<Arc<super::faults::EmulatorFaults>>,
 }
 
 impl Default for ProvisioningSettings {
@@ -56,6 +58,7 @@ impl Default for ProvisioningSettings {
             token_lifetime: TOKEN_LIFETIME,
             server_key: ServerKeyType::Rsa2048,
             key_pool_size: 0,
+            faults: None,
         }
     }
 }
@@ -131,6 +134,14 @@ impl FleetProvisioning {
         let request = RequestTopic::parse(topic)?;
         let started = tokio::time::Instant::now();
         let format = request.format;
+        if let Some(faults) = &self.settings.faults
+            && let Err(error) = faults.before_answer().await
+        {
+            return Some(Reply {
+                topic: format!("{topic}/rejected"),
+                payload: format::encode(format, &error),
+            });
+        }
         let (api, outcome) = match request.api {
             RequestApi::CreateKeysAndCertificate => (
                 "create_keys_and_certificate",
@@ -242,6 +253,9 @@ impl FleetProvisioning {
         let token = &request.certificate_ownership_token;
         let certificate_id = self.tokens.check(&self.registry, peer, token)?;
         let mut parameters = request.parameters;
+        if let Some(faults) = &self.settings.faults {
+            faults.hook_denies()?;
+        }
         if let Some(hook) = &record.pre_provisioning_hook {
             let event = self.hook_event(peer, &record, &certificate_id, &parameters);
             let overrides = self
