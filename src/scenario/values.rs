@@ -386,7 +386,10 @@ mod tests {
 
     #[test]
     fn serials_longer_than_the_limit_are_refused() {
-        assert!(parse_serial_pattern("{seq:101}").is_err(), "width over the limit");
+        assert!(
+            parse_serial_pattern("{seq:101}").is_err(),
+            "width over the limit"
+        );
         let pattern = parse_serial_pattern("a{seq:100}").expect("valid pattern");
         assert!(check_serial_length(&pattern, 10).is_err());
         let pattern = parse_serial_pattern("{seq:100}").expect("valid pattern");
