@@ -137,10 +137,10 @@ async fn pkcs1_sec1_and_pkcs8_keys_are_read_and_connect() {
     let emulator = Emulator::start();
     let dir = tempfile::tempdir().expect("dir");
 
-    for format in 0..FORMATS.len() {
+    for (format, (name, _, _)) in FORMATS.iter().enumerate() {
         let (certificate, key) = device_files(&emulator, dir.path(), format);
-        let credentials = read_pair(&certificate, &key).expect(FORMATS[format].0);
-        connects(&emulator, FORMATS[format].0, &credentials).await;
+        let credentials = read_pair(&certificate, &key).expect(name);
+        connects(&emulator, name, &credentials).await;
     }
 }
 

@@ -144,14 +144,15 @@ async fn random_bytes_before_and_after_connect_close_only_their_own_connections(
     let mut bystander = bystander(&emulator, &device).await;
     let mut rng = StdRng::seed_from_u64(0x5eed_f1ee7);
 
-    for round in 0..40 {
+    for round in 0..60 {
         let mut noise = vec![0u8; rng.random_range(1..600)];
         rng.fill(&mut noise[..]);
-        let bytes = if round % 2 == 0 {
-            noise
-        } else {
-            connected_then(&format!("noise-{round}"), &noise)
+        let mut bytes = match round % 3 {
+            0 => Vec::new(),
+            1 => connect_packet(&format!("noise-{round}"), 60),
+            _ => connect5(&format!("noise-{round}")),
         };
+        bytes.extend_from_slice(&noise);
         let mut stream = raw_tls(emulator.addr(), &device).await;
         stream.write_all(&bytes).await.expect("write");
         // Noise may end inside a packet that looks valid so far: the client's close ends it.

@@ -1,8 +1,6 @@
 //! Fuzzes the provisioning template renderer: any body must parse or be
 //! refused without panicking, and a parsed template must evaluate (or refuse)
-//! any request parameters without panicking. Register it in `fuzz/Cargo.toml`
-//! as `[[bin]] name = "template", path = "fuzz_targets/template.rs"` and run
-//! `cargo fuzz run template`.
+//! any request parameters without panicking.
 
 #![no_main]
 
