@@ -125,9 +125,15 @@ pub async fn execute(
         None => None,
     };
     let emulator_faults = emulator_faults(scenario);
-    let (emulator, target) = match &options.emulator {
+    let mut restart_plan = None;
+    let (mut emulator, target) = match &options.emulator {
         None => {
-            let emulator = start_emulator(scenario, emulator_faults.clone()).await?;
+            let (emulator, config) = start_emulator(scenario, emulator_faults.clone()).await?;
+            restart_plan = scenario
+                .faults
+                .emulator_restart
+                .clone()
+                .map(|r| (config, r));
             let target = Target::of(&emulator);
             (Some(emulator), target)
         }
@@ -170,6 +176,21 @@ pub async fn execute(
         _ => None,
     };
     let started = Instant::now();
+    let restarting = match (restart_plan, emulator.take()) {
+        (Some((config, restart)), Some(running)) => {
+            Some(tokio::spawn(emulator::faults::restart_at(
+                running,
+                config,
+                started + restart.at,
+                restart.down_for,
+                stop.clone(),
+            )))
+        }
+        (_, running) => {
+            emulator = running;
+            None
+        }
+    };
     let drill = scenario.faults.claim_compromise.map(|at| {
         tokio::spawn(fleet::drill::replace_claim_at(
             Arc::clone(&context),
@@ -192,6 +213,9 @@ pub async fn execute(
     let elapsed = started.elapsed();
     if let Some(drill) = drill {
         drill.abort();
+    }
+    if let Some(restarting) = restarting {
+        emulator = Some(take_back(restarting, &fault_log).await?);
     }
     if let Some((console, hands_on_stop)) = console {
         hands_on_stop.cancel();
@@ -370,20 +394,55 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
     }
 }
 
+/// Starts the in-process emulator. It returns the configuration that
+/// starts it again on the same ports: with an emulator restart injected,
+/// the emulator keeps its state in a directory of its own so that the
+/// restart finds its CA and registry.
 async fn start_emulator(
     scenario: &Scenario,
     faults: Option<Arc<EmulatorFaults>>,
-) -> Result<Emulator, RunError> {
-    let config = EmulatorConfig {
+) -> Result<(Emulator, EmulatorConfig), RunError> {
+    let state_dir = scenario.faults.emulator_restart.as_ref().map(|_| {
+        let unique = format!("fleetsim-{}-{:016x}", scenario.name, rand::random::<u64>());
+        std::env::temp_dir().join(unique)
+    });
+    let mut config = EmulatorConfig {
         certificate_validity: scenario.to_real(scenario.certificates.validity),
         key_pool_size: key_pool_size(scenario),
         faults,
+        state_dir,
         ..EmulatorConfig::default()
     };
-    let emulator = Emulator::start(config)
+    let emulator = Emulator::start(config.clone())
         .await
         .map_err(|e| RunError::CannotStart(e.to_string()))?;
     info!(mqtt = %emulator.mqtt_addr(), control = %emulator.control_url(), "emulator started");
+    config.mqtt_bind = emulator.mqtt_addr();
+    config.control_bind = control_addr(&emulator.control_url()).unwrap_or(config.control_bind);
+    Ok((emulator, config))
+}
+
+/// The address in a control-plane URL such as `http://127.0.0.1:4567`.
+fn control_addr(url: &str) -> Option<SocketAddr> {
+    url.strip_prefix("http://")?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// The emulator back from its restart task, the restart counted if it happened.
+async fn take_back(
+    restarting: tokio::task::JoinHandle<Result<(Emulator, bool), emulator::EmulatorError>>,
+    log: &FaultLog,
+) -> Result<Emulator, RunError> {
+    let restarted = restarting
+        .await
+        .map_err(|e| RunError::Failed(format!("the emulator restart task failed: {e}")))?;
+    let (emulator, restarted) = restarted
+        .map_err(|e| RunError::Failed(format!("the emulator did not start again: {e}")))?;
+    if restarted {
+        log.injected(FaultKind::EmulatorRestart);
+    }
     Ok(emulator)
 }
 
@@ -514,6 +573,13 @@ fn emulator_faults(scenario: &Scenario) -> Option<Arc<EmulatorFaults>> {
 /// A standalone emulator runs in another process: this run cannot make it
 /// deny, throttle or delay.
 fn refuse_emulator_faults(scenario: &Scenario, path: &Path) -> Result<(), RunError> {
+    if scenario.faults.emulator_restart.is_some() {
+        return Err(RunError::CannotStart(format!(
+            "faults.emulator_restart restarts the in-process emulator; the emulator at {} \
+             runs in another process (kill and start it yourself, or leave out --emulator)",
+            path.display()
+        )));
+    }
     if !scenario.faults.provisioning.any() {
         return Ok(());
     }

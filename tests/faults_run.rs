@@ -287,3 +287,21 @@ async fn a_claim_certificate_revoked_and_replaced_mid_run_still_provisions_the_f
         "the old claim certificate is revoked, the new one active"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_emulator_restarted_mid_run_keeps_every_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = "faults:\n  emulator_restart:\n    at: 5s\n    down_for: 1s\n";
+    let mut scenario = scenario(dir.path(), "restart", 20, "13s", faults);
+    // Some devices arrive while the emulator is down.
+    scenario.arrival.rate.per_second = 3.0;
+    let summary = run(&scenario).await;
+    assert_fleet_intact(&summary, 20).await;
+    let faults = section(&summary.report);
+    assert_eq!(faults.injected(FaultKind::EmulatorRestart), 1);
+    assert!(
+        faults.responses(FaultResponse::Reconnected) >= 10,
+        "the devices online at the restart came back"
+    );
+    assert!(summary.report.rotations.total > 20, "rotations went on");
+}
