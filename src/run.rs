@@ -176,30 +176,8 @@ pub async fn execute(
         _ => None,
     };
     let started = Instant::now();
-    let restarting = match (restart_plan, emulator.take()) {
-        (Some((config, restart)), Some(running)) => {
-            Some(tokio::spawn(emulator::faults::restart_at(
-                running,
-                config,
-                started + restart.at,
-                restart.down_for,
-                stop.clone(),
-            )))
-        }
-        (_, running) => {
-            emulator = running;
-            None
-        }
-    };
-    let drill = scenario.faults.claim_compromise.map(|at| {
-        tokio::spawn(fleet::drill::replace_claim_at(
-            Arc::clone(&context),
-            setup_names(&scenario.provisioning.template).claim_policy,
-            setup.claim_certificate_id.clone(),
-            started + at,
-            Arc::clone(&fault_log),
-        ))
-    });
+    let restarting = start_restart(restart_plan, &mut emulator, started, &stop);
+    let drill = start_drill(scenario, &context, &setup, started, &fault_log);
     let outcomes = run_fleet(
         scenario,
         &plan,
@@ -430,11 +408,43 @@ fn control_addr(url: &str) -> Option<SocketAddr> {
         .ok()
 }
 
+type Restarting = tokio::task::JoinHandle<Result<(Emulator, bool), emulator::EmulatorError>>;
+
+/// Hands the in-process emulator to a task that restarts it at its time,
+/// when the scenario asks for a restart.
+fn start_restart(
+    plan: Option<(EmulatorConfig, scenario::EmulatorRestart)>,
+    emulator: &mut Option<Emulator>,
+    started: Instant,
+    stop: &CancellationToken,
+) -> Option<Restarting> {
+    let (config, restart) = plan?;
+    let running = emulator.take()?;
+    let (at, down_for) = (started + restart.at, restart.down_for);
+    let restart = emulator::faults::restart_at(running, config, at, down_for, stop.clone());
+    Some(tokio::spawn(restart))
+}
+
+/// Starts the claim-certificate compromise drill, when the scenario has one.
+fn start_drill(
+    scenario: &Scenario,
+    context: &Arc<DeviceContext>,
+    setup: &SetupOutput,
+    started: Instant,
+    log: &Arc<FaultLog>,
+) -> Option<tokio::task::JoinHandle<Option<String>>> {
+    let at = scenario.faults.claim_compromise?;
+    Some(tokio::spawn(fleet::drill::replace_claim_at(
+        Arc::clone(context),
+        setup_names(&scenario.provisioning.template).claim_policy,
+        setup.claim_certificate_id.clone(),
+        started + at,
+        Arc::clone(log),
+    )))
+}
+
 /// The emulator back from its restart task, the restart counted if it happened.
-async fn take_back(
-    restarting: tokio::task::JoinHandle<Result<(Emulator, bool), emulator::EmulatorError>>,
-    log: &FaultLog,
-) -> Result<Emulator, RunError> {
+async fn take_back(restarting: Restarting, log: &FaultLog) -> Result<Emulator, RunError> {
     let restarted = restarting
         .await
         .map_err(|e| RunError::Failed(format!("the emulator restart task failed: {e}")))?;
