@@ -354,3 +354,16 @@ async fn clocks_far_behind_let_certificates_expire_and_the_run_says_so() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_a_little_behind_rotate_after_expiry_over_the_open_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    // Twelve simulated days behind a 10-day renewal window: each device
+    // finds its certificate due two days (0.4 s) after it expired, and
+    // rotates over the connection it already has.
+    let faults = "faults:\n  clock_skew:\n    share: 1\n    behind: 12d\n";
+    let scenario = scenario(dir.path(), "behind", 10, "12s", faults);
+    let summary = run(&scenario).await;
+    assert_fleet_intact(&summary, 10).await;
+    assert!(summary.report.rotations.per_device_min >= Some(1));
+}
