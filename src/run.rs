@@ -133,10 +133,16 @@ pub async fn execute(
         None => None,
     };
     let emulator_faults = emulator_faults(scenario);
-    let (emulator, target) = match (&options.aws_target, &options.emulator) {
+    let mut restart_plan = None;
+    let (mut emulator, target) = match (&options.aws_target, &options.emulator) {
         (Some(config), _) => (None, Target::aws(scenario, config).await?),
         (None, None) => {
-            let emulator = start_emulator(scenario, emulator_faults.clone()).await?;
+            let (emulator, config) = start_emulator(scenario, emulator_faults.clone()).await?;
+            restart_plan = scenario
+                .faults
+                .emulator_restart
+                .clone()
+                .map(|r| (config, r));
             let target = Target::of(&emulator);
             (Some(emulator), target)
         }
@@ -184,15 +190,8 @@ pub async fn execute(
         _ => None,
     };
     let started = Instant::now();
-    let drill = scenario.faults.claim_compromise.map(|at| {
-        tokio::spawn(fleet::drill::replace_claim_at(
-            Arc::clone(&context),
-            setup_names(&scenario.provisioning.template).claim_policy,
-            setup.claim_certificate_id.clone(),
-            started + at,
-            Arc::clone(&fault_log),
-        ))
-    });
+    let restarting = start_restart(restart_plan, &mut emulator, started, &stop);
+    let drill = start_drill(scenario, &context, &setup, started, &fault_log);
     let outcomes = run_fleet(
         scenario,
         &plan,
@@ -206,6 +205,9 @@ pub async fn execute(
     let elapsed = started.elapsed();
     if let Some(drill) = drill {
         drill.abort();
+    }
+    if let Some(restarting) = restarting {
+        emulator = Some(take_back(restarting, &fault_log).await?);
     }
     if let Some((console, hands_on_stop)) = console {
         hands_on_stop.cancel();
@@ -448,20 +450,87 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
     }
 }
 
+/// Starts the in-process emulator. It returns the configuration that
+/// starts it again on the same ports: with an emulator restart injected,
+/// the emulator keeps its state in a directory of its own so that the
+/// restart finds its CA and registry.
 async fn start_emulator(
     scenario: &Scenario,
     faults: Option<Arc<EmulatorFaults>>,
-) -> Result<Emulator, RunError> {
-    let config = EmulatorConfig {
+) -> Result<(Emulator, EmulatorConfig), RunError> {
+    let state_dir = scenario.faults.emulator_restart.as_ref().map(|_| {
+        let unique = format!("fleetsim-{}-{:016x}", scenario.name, rand::random::<u64>());
+        std::env::temp_dir().join(unique)
+    });
+    let mut config = EmulatorConfig {
         certificate_validity: scenario.to_real(scenario.certificates.validity),
         key_pool_size: key_pool_size(scenario),
         faults,
+        state_dir,
         ..EmulatorConfig::default()
     };
-    let emulator = Emulator::start(config)
+    let emulator = Emulator::start(config.clone())
         .await
         .map_err(|e| RunError::CannotStart(e.to_string()))?;
     info!(mqtt = %emulator.mqtt_addr(), control = %emulator.control_url(), "emulator started");
+    config.mqtt_bind = emulator.mqtt_addr();
+    config.control_bind = control_addr(&emulator.control_url()).unwrap_or(config.control_bind);
+    Ok((emulator, config))
+}
+
+/// The address in a control-plane URL such as `http://127.0.0.1:4567`.
+fn control_addr(url: &str) -> Option<SocketAddr> {
+    url.strip_prefix("http://")?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+type Restarting = tokio::task::JoinHandle<Result<(Emulator, bool), emulator::EmulatorError>>;
+
+/// Hands the in-process emulator to a task that restarts it at its time,
+/// when the scenario asks for a restart.
+fn start_restart(
+    plan: Option<(EmulatorConfig, scenario::EmulatorRestart)>,
+    emulator: &mut Option<Emulator>,
+    started: Instant,
+    stop: &CancellationToken,
+) -> Option<Restarting> {
+    let (config, restart) = plan?;
+    let running = emulator.take()?;
+    let (at, down_for) = (started + restart.at, restart.down_for);
+    let restart = emulator::faults::restart_at(running, config, at, down_for, stop.clone());
+    Some(tokio::spawn(restart))
+}
+
+/// Starts the claim-certificate compromise drill, when the scenario has one.
+fn start_drill(
+    scenario: &Scenario,
+    context: &Arc<DeviceContext>,
+    setup: &SetupOutput,
+    started: Instant,
+    log: &Arc<FaultLog>,
+) -> Option<tokio::task::JoinHandle<Option<String>>> {
+    let at = scenario.faults.claim_compromise?;
+    Some(tokio::spawn(fleet::drill::replace_claim_at(
+        Arc::clone(context),
+        setup_names(&scenario.provisioning.template).claim_policy,
+        setup.claim_certificate_id.clone(),
+        started + at,
+        Arc::clone(log),
+    )))
+}
+
+/// The emulator back from its restart task, the restart counted if it happened.
+async fn take_back(restarting: Restarting, log: &FaultLog) -> Result<Emulator, RunError> {
+    let restarted = restarting
+        .await
+        .map_err(|e| RunError::Failed(format!("the emulator restart task failed: {e}")))?;
+    let (emulator, restarted) = restarted
+        .map_err(|e| RunError::Failed(format!("the emulator did not start again: {e}")))?;
+    if restarted {
+        log.injected(FaultKind::EmulatorRestart);
+    }
     Ok(emulator)
 }
 
@@ -596,6 +665,13 @@ fn emulator_faults(scenario: &Scenario) -> Option<Arc<EmulatorFaults>> {
 /// A standalone emulator runs in another process: this run cannot make it
 /// deny, throttle or delay.
 fn refuse_emulator_faults(scenario: &Scenario, path: &Path) -> Result<(), RunError> {
+    if scenario.faults.emulator_restart.is_some() {
+        return Err(RunError::CannotStart(format!(
+            "faults.emulator_restart restarts the in-process emulator; the emulator at {} \
+             runs in another process (kill and start it yourself, or leave out --emulator)",
+            path.display()
+        )));
+    }
     if !scenario.faults.provisioning.any() {
         return Ok(());
     }

@@ -287,3 +287,83 @@ async fn a_claim_certificate_revoked_and_replaced_mid_run_still_provisions_the_f
         "the old claim certificate is revoked, the new one active"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_emulator_restarted_mid_run_keeps_every_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = "faults:\n  emulator_restart:\n    at: 5s\n    down_for: 1s\n";
+    let mut scenario = scenario(dir.path(), "restart", 20, "13s", faults);
+    // Some devices arrive while the emulator is down.
+    scenario.arrival.rate.per_second = 3.0;
+    let summary = run(&scenario).await;
+    assert_fleet_intact(&summary, 20).await;
+    let faults = section(&summary.report);
+    assert_eq!(faults.injected(FaultKind::EmulatorRestart), 1);
+    assert!(
+        faults.responses(FaultResponse::Reconnected) >= 10,
+        "the devices online at the restart came back"
+    );
+    assert!(summary.report.rotations.total > 20, "rotations went on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_far_behind_let_certificates_expire_and_the_run_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sixty simulated days behind: no certificate ever looks due, so every
+    // one expires 6 s into the run. Devices dropped after that are refused
+    // at the handshake and end failed with that reason; the others are
+    // found bricked by the end-of-run check.
+    let faults = "faults:\n  drops:\n    rate: 0.3\n  clock_skew:\n    share: 1\n    behind: 60d\n";
+    let mut scenario = scenario(dir.path(), "late", 10, "11s", faults);
+    scenario.run.max_attempts = 3;
+    let summary = run(&scenario).await;
+    let report = &summary.report;
+    assert_eq!(
+        report.rotations.total, 0,
+        "no clock ever said a certificate was due"
+    );
+    let with_identity = summary
+        .outcomes
+        .iter()
+        .filter(|o| o.thing_name.is_some())
+        .count();
+    assert!(
+        with_identity >= 5,
+        "most devices provisioned: {with_identity}"
+    );
+    assert_eq!(
+        report.bricked as usize, with_identity,
+        "every certificate expired in use"
+    );
+    assert!(!report.passed(), "the invariant fails the run");
+    let faults = section(report);
+    assert_eq!(faults.injected(FaultKind::ClockSkew), 10);
+    assert!(
+        report.devices_failed > 0,
+        "dropped devices could not reconnect"
+    );
+    for failed in &faults.devices_failed {
+        let named = match failed.op.as_str() {
+            "connect" => failed.reason == "tls_refused",
+            // Drops during provisioning, three times over.
+            _ => failed.reason == "connection",
+        };
+        assert!(
+            named,
+            "devices end failed with the step and reason: {failed:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_a_little_behind_rotate_after_expiry_over_the_open_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    // Twelve simulated days behind a 10-day renewal window: each device
+    // finds its certificate due two days (0.4 s) after it expired, and
+    // rotates over the connection it already has.
+    let faults = "faults:\n  clock_skew:\n    share: 1\n    behind: 12d\n";
+    let scenario = scenario(dir.path(), "behind", 10, "12s", faults);
+    let summary = run(&scenario).await;
+    assert_fleet_intact(&summary, 10).await;
+    assert!(summary.report.rotations.per_device_min >= Some(1));
+}

@@ -75,7 +75,7 @@ fn mistakes_in_faults_name_the_place_the_field_and_the_reason() {
     let cases = [
         (
             "faults:\n  drop:\n    rate: 0.1\n",
-            "f.yaml:9:3: faults.drop: unknown field; did you mean `drops`? accepted fields: drops, crash, provisioning, clock_skew, claim_compromise",
+            "f.yaml:9:3: faults.drop: unknown field; did you mean `drops`? accepted fields: drops, crash, provisioning, clock_skew, claim_compromise, emulator_restart",
         ),
         (
             "faults:\n  drops:\n    rate: 1.5\n",
@@ -136,5 +136,19 @@ fn emulator_faults_are_refused_on_the_aws_target() {
     assert_eq!(
         error,
         "f.yaml:10:3: faults.provisioning: only the emulator can deny, throttle or delay provisioning; use target local"
+    );
+}
+
+#[test]
+fn an_emulator_restart_names_when_and_for_how_long() {
+    let scenario = parse("faults:\n  emulator_restart:\n    at: 10s\n").unwrap();
+    let restart = scenario.faults.emulator_restart.unwrap();
+    assert_eq!(
+        (restart.at, restart.down_for),
+        (Duration::from_secs(10), Duration::from_secs(1))
+    );
+    assert_eq!(
+        parse("faults:\n  emulator_restart:\n    at: 29s\n").unwrap_err(),
+        "f.yaml:10:9: faults.emulator_restart.at: 29s plus down_for 1s is not before the end of the run (run.duration 30s)"
     );
 }

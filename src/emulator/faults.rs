@@ -83,6 +83,29 @@ impl EmulatorFaults {
     }
 }
 
+/// Stops `emulator` at `at` and starts it again after `down_for` with the
+/// same `config`, which must name a state directory and the ports it is
+/// bound to, so that clients find the same endpoint and registry. A run
+/// that stops first gets its emulator back untouched.
+pub async fn restart_at(
+    emulator: super::Emulator,
+    config: super::EmulatorConfig,
+    at: tokio::time::Instant,
+    down_for: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(super::Emulator, bool), super::EmulatorError> {
+    tokio::select! {
+        _ = stop.cancelled() => return Ok((emulator, false)),
+        _ = tokio::time::sleep_until(at) => {}
+    }
+    tracing::info!("stopping the emulator (injected fault)");
+    emulator.shutdown().await;
+    tokio::time::sleep(down_for).await;
+    let emulator = super::Emulator::start(config).await?;
+    tracing::info!(mqtt = %emulator.mqtt_addr(), "emulator started again");
+    Ok((emulator, true))
+}
+
 fn roll(rate: f64) -> bool {
     rate > 0.0 && rand::rng().random_bool(rate.min(1.0))
 }

@@ -39,10 +39,12 @@ pub enum FaultKind {
     Latency,
     /// The claim certificate replaced and the old one revoked mid-run.
     ClaimCompromise,
+    /// The emulator stopped and started again mid-run.
+    EmulatorRestart,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::RandomDrop,
         FaultKind::DropAfterCertificate,
         FaultKind::DropAfterStore,
@@ -54,6 +56,7 @@ impl FaultKind {
         FaultKind::Throttle,
         FaultKind::Latency,
         FaultKind::ClaimCompromise,
+        FaultKind::EmulatorRestart,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +72,7 @@ impl FaultKind {
             FaultKind::Throttle => "throttle",
             FaultKind::Latency => "latency",
             FaultKind::ClaimCompromise => "claim_compromise",
+            FaultKind::EmulatorRestart => "emulator_restart",
         }
     }
 }

@@ -216,6 +216,16 @@ fn describe_counters() {
         Unit::Count,
         "Certificate rotations completed, old certificate proven refused."
     );
+    ::metrics::describe_counter!(
+        super::faults::FAULTS_INJECTED,
+        Unit::Count,
+        "Faults injected on purpose into the run, by kind."
+    );
+    ::metrics::describe_counter!(
+        super::faults::FAULT_RESPONSES,
+        Unit::Count,
+        "What devices did after a fault or a lost connection, by response."
+    );
 }
 
 fn describe_gauges() {

@@ -23,6 +23,17 @@ pub struct Faults {
     /// When (wall clock, from the start of the run) the claim certificate
     /// is replaced and the old one revoked, as after a leak.
     pub claim_compromise: Option<Duration>,
+    /// The in-process emulator stopped and started again on its state and
+    /// ports in the middle of the run.
+    pub emulator_restart: Option<EmulatorRestart>,
+}
+
+/// When the emulator goes down, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmulatorRestart {
+    /// Wall clock, from the start of the run.
+    pub at: Duration,
+    pub down_for: Duration,
 }
 
 /// Connections the devices drop without a DISCONNECT, as a network would.
@@ -108,6 +119,7 @@ const FIELDS: &[&str] = &[
     "provisioning",
     "clock_skew",
     "claim_compromise",
+    "emulator_restart",
 ];
 
 /// Reads `faults`, checking times against the run's length and refusing
@@ -115,6 +127,10 @@ const FIELDS: &[&str] = &[
 pub(crate) fn faults(top: &Section, target: Target, run: &RunLimits) -> Result<Faults, Problem> {
     let section = child(top, "faults", FIELDS)?;
     let provisioning = provisioning(&section)?;
+    let restart = emulator_restart(&section, run)?;
+    if let (Target::Aws, Some(restart)) = (target, &restart) {
+        return Err(restart.problem("only the emulator can be restarted; use target local"));
+    }
     if target == Target::Aws && provisioning.value.any() {
         return Err(provisioning.problem(
             "only the emulator can deny, throttle or delay provisioning; use target local",
@@ -126,7 +142,43 @@ pub(crate) fn faults(top: &Section, target: Target, run: &RunLimits) -> Result<F
         provisioning: provisioning.value,
         clock_skew: clock_skew(&section)?,
         claim_compromise: claim_compromise(&section, run)?,
+        emulator_restart: restart.map(|r| r.value),
     })
+}
+
+fn emulator_restart(
+    faults: &Section,
+    run: &RunLimits,
+) -> Result<Option<At<EmulatorRestart>>, Problem> {
+    if faults.get("emulator_restart").is_none() {
+        return Ok(None);
+    }
+    let section = child(faults, "emulator_restart", &["at", "down_for"])?;
+    let field = section.require("at")?;
+    let at = field.positive_duration()?;
+    let down_for = optional(
+        &section,
+        "down_for",
+        Field::duration,
+        Duration::from_secs(1),
+    )?;
+    if at + down_for >= run.duration {
+        return Err(field.problem(format!(
+            "{} plus down_for {} is not before the end of the run (run.duration {})",
+            format_duration(at),
+            format_duration(down_for),
+            format_duration(run.duration)
+        )));
+    }
+    let site = super::fields::Site {
+        field: faults.path("emulator_restart"),
+        at: faults.key_at("emulator_restart").unwrap_or(faults.at()),
+        written: true,
+    };
+    Ok(Some(At {
+        value: EmulatorRestart { at, down_for },
+        site,
+    }))
 }
 
 fn claim_compromise(faults: &Section, run: &RunLimits) -> Result<Option<Duration>, Problem> {

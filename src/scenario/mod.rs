@@ -17,7 +17,7 @@ mod values;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use faults::{ClockSkew, Crash, DropPoint, Drops, Faults, ProvisioningFaults};
+pub use faults::{ClockSkew, Crash, DropPoint, Drops, EmulatorRestart, Faults, ProvisioningFaults};
 pub use values::{format_duration, parse_duration};
 
 /// The field name used for problems that belong to no field in particular.
