@@ -87,6 +87,10 @@ enum Command {
         /// Start a run against AWS without asking.
         #[arg(long, short)]
         yes: bool,
+        /// Make the in-process emulator throttle like AWS: NAME=RATE per
+        /// second, as `fleetsim emulator --quota`.
+        #[arg(long = "emulator-quota", value_name = "NAME=RATE")]
+        emulator_quotas: Vec<String>,
     },
     /// Work with run reports.
     Report {
@@ -200,6 +204,20 @@ struct EmulatorArgs {
     /// (loopback addresses only).
     #[arg(long, requires = "console")]
     console_no_auth: bool,
+    /// Throttle like AWS: NAME=RATE per second (connect,
+    /// connect_per_client_id, create_certificate, register_thing,
+    /// control_plane); repeat for several. Unlimited by default.
+    #[arg(long = "quota", value_name = "NAME=RATE")]
+    quotas: Vec<String>,
+}
+
+/// The quotas named on the command line, on top of "unlimited".
+fn parse_quotas(assignments: &[String]) -> Result<fleetsim::pacing::Quotas, String> {
+    let mut quotas = fleetsim::pacing::Quotas::default();
+    for assignment in assignments {
+        quotas.set(assignment).map_err(|e| format!("--quota {e}"))?;
+    }
+    Ok(quotas)
 }
 
 fn parse_validity(text: &str) -> Result<Duration, String> {
@@ -246,7 +264,12 @@ fn main() -> ExitCode {
             source_addresses,
             target_config,
             yes,
+            emulator_quotas,
         } => {
+            let emulator_quotas = match parse_quotas(&emulator_quotas) {
+                Ok(quotas) => quotas,
+                Err(error) => return cannot(error),
+            };
             let console = match console.map(|addr| console_options(addr, console_no_auth)) {
                 Some(Err(code)) => return code,
                 Some(Ok(options)) => Some(options),
@@ -269,6 +292,7 @@ fn main() -> ExitCode {
                 shard,
                 source_addresses,
                 aws_target: None,
+                emulator_quotas,
             };
             run(&scenario, options, target_config, yes)
         }
@@ -606,7 +630,12 @@ fn standalone(args: EmulatorArgs) -> ExitCode {
         Some(Ok(options)) => Some(options),
         None => None,
     };
+    let quotas = match parse_quotas(&args.quotas) {
+        Ok(quotas) => quotas,
+        Err(error) => return cannot(error),
+    };
     let options = StandaloneOptions {
+        quotas,
         bind: args.bind,
         mqtt_port: args.mqtt_port,
         control_port: args.control_port,

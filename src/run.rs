@@ -28,6 +28,7 @@ use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
+use crate::pacing::Pacer;
 use crate::scenario::{
     self, CredentialStorage, ProvisioningMethod, Qos, Scenario, SerialPattern, format_duration,
 };
@@ -61,6 +62,9 @@ pub struct RunOptions {
     /// The `aws` target as `fleetsim setup` described it; required when the
     /// scenario says `target: aws`.
     pub aws_target: Option<TargetConfig>,
+    /// AWS's quotas for the in-process emulator to enforce (throttling
+    /// offline); unlimited by default.
+    pub emulator_quotas: crate::pacing::Quotas,
 }
 /// Where and how the web console is served.
 #[derive(Debug, Clone)]
@@ -130,16 +134,20 @@ pub async fn execute(
     let (emulator, target) = match (&options.aws_target, &options.emulator) {
         (Some(config), _) => (None, Target::aws(scenario, config).await?),
         (None, None) => {
-            let emulator = start_emulator(scenario).await?;
+            let emulator = start_emulator(scenario, options.emulator_quotas).await?;
             let target = Target::of(&emulator);
             (Some(emulator), target)
         }
         (None, Some(path)) => (None, Target::standalone(scenario, path)?),
     };
-    let control = Arc::new(match &target.control {
-        Some(control) => control.clone(),
-        None => ControlPlane::for_endpoint(&target.control_url, emulator::REGION),
-    });
+    let pacer = Arc::new(Pacer::new(&scenario.quotas()));
+    let control = Arc::new(
+        match &target.control {
+            Some(control) => control.clone(),
+            None => ControlPlane::for_endpoint(&target.control_url, emulator::REGION),
+        }
+        .paced(Arc::clone(&pacer)),
+    );
     let setup = match target.claim.clone() {
         Some(claim) => claim,
         None => set_up(scenario, options, &control).await?,
@@ -149,7 +157,16 @@ pub async fn execute(
     let recorder = Arc::new(Recorder::new(&scenario.name));
     recorder.publish_objectives(&scenario.slo);
     let stop = CancellationToken::new();
-    let mut context = device_context(scenario, &target, &setup, store, control, &recorder, &stop)?;
+    let mut context = device_context(
+        scenario,
+        &target,
+        &setup,
+        store,
+        Arc::clone(&control),
+        &recorder,
+        &stop,
+    )?;
+    context.pacer = pacer;
     let live = options.console.as_ref().map(|_| Arc::new(LiveTable::new()));
     context.live = live.clone();
     context.connect.sources = SourceAddresses::new(options.source_addresses.clone());
@@ -188,6 +205,7 @@ pub async fn execute(
         .map_err(|e| RunError::Failed(e.to_string()))?;
     report.shard = ShardInfo::of(&plan);
     report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
+    report.control_plane_throttled = control.throttled();
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -392,8 +410,12 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
     }
 }
 
-async fn start_emulator(scenario: &Scenario) -> Result<Emulator, RunError> {
+async fn start_emulator(
+    scenario: &Scenario,
+    quotas: crate::pacing::Quotas,
+) -> Result<Emulator, RunError> {
     let config = EmulatorConfig {
+        quotas,
         certificate_validity: scenario.to_real(scenario.certificates.validity),
         key_pool_size: key_pool_size(scenario),
         ..EmulatorConfig::default()
@@ -513,6 +535,7 @@ fn device_context(
         },
         stop: stop.clone(),
         live: None,
+        pacer: Arc::new(Pacer::off()),
     })
 }
 

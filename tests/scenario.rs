@@ -146,6 +146,7 @@ fn a_full_scenario_parses_to_the_expected_structs() {
             max_failure_ratio: Some(0.01),
             min_rotations_per_device: Some(2),
         },
+        pacing: None,
     };
     assert_eq!(parse(FULL).expect("the full example is valid"), expected);
 }

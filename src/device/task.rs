@@ -56,6 +56,8 @@ pub struct DeviceContext {
     /// Where the device shows its status while it runs (the console);
     /// `None` costs nothing.
     pub live: Option<Arc<LiveTable>>,
+    /// The fleet's own rate limits, waited on before each paced step.
+    pub pacer: Arc<crate::pacing::Pacer>,
 }
 
 impl DeviceContext {
@@ -83,6 +85,7 @@ impl DeviceContext {
             retry: self.retry,
             stop,
             live: Some(live),
+            pacer: Arc::clone(&self.pacer),
         }
     }
 }

@@ -61,6 +61,10 @@ pub struct EmulatorConfig {
     /// Delay before AttachPolicy and DetachPolicy take effect, like AWS's
     /// policy cache (AWS: 6 to 8 minutes; default none).
     pub policy_propagation_delay: Duration,
+    /// AWS's rate quotas, enforced with throttled answers (429 rejections
+    /// on Fleet Provisioning, ThrottlingException on the control plane);
+    /// unlimited by default.
+    pub quotas: crate::pacing::Quotas,
 }
 
 impl Default for EmulatorConfig {
@@ -78,6 +82,7 @@ impl Default for EmulatorConfig {
             hooks: Arc::default(),
             detach_propagation_delay: Duration::ZERO,
             policy_propagation_delay: Duration::ZERO,
+            quotas: crate::pacing::Quotas::default(),
         }
     }
 }
@@ -123,6 +128,7 @@ impl Emulator {
             token_lifetime: config.token_lifetime,
             server_key: config.server_key,
             key_pool_size: config.key_pool_size,
+            quotas: config.quotas,
         };
         let provisioning = Arc::new(FleetProvisioning::with_settings(
             Arc::clone(&registry),
@@ -150,6 +156,7 @@ impl Emulator {
             detach_propagation_delay: config.detach_propagation_delay,
             policy_propagation_delay: config.policy_propagation_delay,
             server_key: config.server_key,
+            quotas: config.quotas,
         };
         let control = ControlApi::start(
             config.control_bind,

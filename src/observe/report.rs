@@ -62,6 +62,13 @@ pub struct Report {
     /// handshake signs with; set by the run, absent in older reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_type: Option<String>,
+    /// Throttled answers the devices got (429 rejections, refused
+    /// connects), retried with backoff and not counted as failures.
+    #[serde(default)]
+    pub throttled: u64,
+    /// ThrottlingException answers of the control plane, SDK retries included.
+    #[serde(default)]
+    pub control_plane_throttled: u64,
 }
 
 /// Latencies in milliseconds, from the moment the step was due; `None` when
@@ -70,7 +77,11 @@ pub struct Report {
 pub struct OperationReport {
     pub op: String,
     pub count: u64,
+    /// Failed attempts, throttled ones not included.
     pub failures: u64,
+    /// Throttled attempts, retried with backoff.
+    #[serde(default)]
+    pub throttled: u64,
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -136,6 +147,11 @@ impl Report {
             slo,
             shard: None,
             key_type: None,
+            throttled: Op::ALL
+                .iter()
+                .map(|op| snapshot.failures_for(*op, FailureReason::Throttled))
+                .sum(),
+            control_plane_throttled: 0,
         })
     }
 
@@ -164,6 +180,7 @@ impl Report {
         self.write_header(&mut out);
         self.write_operations(&mut out);
         self.write_failures(&mut out);
+        self.write_throttled(&mut out);
         self.write_fleet(&mut out);
         self.write_verdicts(&mut out);
         out
@@ -234,6 +251,15 @@ impl Report {
         }
     }
 
+    fn write_throttled(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nthrottled: {} device requests, {} control-plane answers \
+             (retried with backoff; not failures)",
+            self.throttled, self.control_plane_throttled
+        );
+    }
+
     fn write_fleet(&self, out: &mut String) {
         let rotations = &self.rotations;
         let min = rotations
@@ -280,8 +306,12 @@ impl OperationReport {
         snapshot: &Snapshot,
         elapsed: Duration,
     ) -> Result<OperationReport, ObserveError> {
-        let failures = snapshot.failures_of(op);
-        OperationReport::from_histogram(op.as_str(), &histogram, failures, elapsed)
+        let throttled = snapshot.failures_for(op, FailureReason::Throttled);
+        let failures = snapshot.failures_of(op) - throttled;
+        let mut report =
+            OperationReport::from_histogram(op.as_str(), &histogram, failures, elapsed)?;
+        report.throttled = throttled;
+        Ok(report)
     }
 
     /// The figures of operation `op` from its histogram of successes (µs)
@@ -297,6 +327,7 @@ impl OperationReport {
             op: op.to_owned(),
             count: histogram.len(),
             failures,
+            throttled: 0,
             p50_ms: quantile(0.50),
             p90_ms: quantile(0.90),
             p99_ms: quantile(0.99),
@@ -361,6 +392,7 @@ fn failure_counts(snapshot: &Snapshot) -> Vec<FailureCount> {
         .into_iter()
         .flat_map(|op| FailureReason::ALL.map(|reason| (op, reason)));
     pairs
+        .filter(|(_, reason)| *reason != FailureReason::Throttled)
         .filter_map(|(op, reason)| {
             let count = snapshot.failures_for(op, reason);
             (count > 0).then(|| FailureCount {

@@ -36,6 +36,9 @@ pub struct Scenario {
     pub run: RunLimits,
     pub credentials: CredentialStorage,
     pub slo: Slo,
+    /// The fleet's own rate limits. `None` (no `pacing` section) means AWS's
+    /// default quotas on the `aws` target and none on `local`.
+    pub pacing: Option<crate::pacing::Quotas>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +212,15 @@ impl ScenarioError {
 }
 
 impl Scenario {
+    /// The rate limits the fleet keeps to (see [`Scenario::pacing`]).
+    pub fn quotas(&self) -> crate::pacing::Quotas {
+        match (self.pacing, self.target) {
+            (Some(quotas), _) => quotas,
+            (None, Target::Aws) => crate::pacing::Quotas::aws_defaults(),
+            (None, Target::Local) => crate::pacing::Quotas::default(),
+        }
+    }
+
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {

@@ -22,6 +22,7 @@ use super::ca::{CertificateAuthority, IssuedCertificate};
 use super::hook::{HookEvent, HookRegistry};
 use super::registry::{CertificateStatus, NewCertificate, Registry, RegistryError, TemplateRecord};
 use super::template::{Plan, PolicyPlan, Template, ThingProperties};
+use crate::pacing::Buckets;
 use crate::provisioning::{
     CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse,
     CreateKeysAndCertificateResponse, ErrorResponse, PayloadFormat, RegisterThingRequest,
@@ -47,6 +48,8 @@ pub struct ProvisioningSettings {
     pub server_key: ServerKeyType,
     /// Keys generated ahead of demand; 0 generates each on request.
     pub key_pool_size: usize,
+    /// Requests per second each API serves before rejecting with 429.
+    pub quotas: crate::pacing::Quotas,
 }
 
 impl Default for ProvisioningSettings {
@@ -56,6 +59,7 @@ impl Default for ProvisioningSettings {
             token_lifetime: TOKEN_LIFETIME,
             server_key: ServerKeyType::Rsa2048,
             key_pool_size: 0,
+            quotas: crate::pacing::Quotas::default(),
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct FleetProvisioning {
     tokens: TokenBook,
     keys: KeyPool,
     hooks: Arc<HookRegistry>,
+    certificate_rates: Buckets,
+    register_rates: Buckets,
 }
 
 type Outcome = Result<Vec<u8>, ErrorResponse>;
@@ -112,6 +118,8 @@ impl FleetProvisioning {
         FleetProvisioning {
             tokens: TokenBook::new(settings.token_lifetime),
             keys: KeyPool::start(settings.server_key, settings.key_pool_size),
+            certificate_rates: Buckets::new(settings.quotas.create_certificate),
+            register_rates: Buckets::new(settings.quotas.register_thing),
             registry,
             ca,
             settings,
@@ -131,20 +139,9 @@ impl FleetProvisioning {
         let request = RequestTopic::parse(topic)?;
         let started = tokio::time::Instant::now();
         let format = request.format;
-        let (api, outcome) = match request.api {
-            RequestApi::CreateKeysAndCertificate => (
-                "create_keys_and_certificate",
-                self.create_keys_and_certificate(peer, format, payload)
-                    .await,
-            ),
-            RequestApi::CreateCertificateFromCsr => (
-                "create_certificate_from_csr",
-                self.create_certificate_from_csr(peer, format, payload),
-            ),
-            RequestApi::RegisterThing { template } => (
-                "register_thing",
-                self.register_thing(peer, template, format, payload).await,
-            ),
+        let (api, outcome) = match self.throttle(&request.api) {
+            Some(throttled) => throttled,
+            None => self.dispatch(peer, request, payload).await,
         };
         let label = if outcome.is_ok() {
             "accepted"
@@ -164,6 +161,48 @@ impl FleetProvisioning {
             topic: format!("{topic}/{label}"),
             payload,
         })
+    }
+
+    /// A 429 rejection when the API is over its configured rate, the way
+    /// AWS answers a throttled Fleet Provisioning request [unverified code].
+    fn throttle(&self, api: &RequestApi<'_>) -> Option<(&'static str, Outcome)> {
+        let (name, rates) = match api {
+            RequestApi::CreateKeysAndCertificate => {
+                ("create_keys_and_certificate", &self.certificate_rates)
+            }
+            RequestApi::CreateCertificateFromCsr => {
+                ("create_certificate_from_csr", &self.certificate_rates)
+            }
+            RequestApi::RegisterThing { .. } => ("register_thing", &self.register_rates),
+        };
+        (!rates.try_take(name)).then(|| {
+            let error = ErrorResponse::new(429, "ThrottlingException", "Rate exceeded");
+            (name, Err(error))
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        peer: &Peer,
+        request: RequestTopic<'_>,
+        payload: &[u8],
+    ) -> (&'static str, Outcome) {
+        let format = request.format;
+        match request.api {
+            RequestApi::CreateKeysAndCertificate => (
+                "create_keys_and_certificate",
+                self.create_keys_and_certificate(peer, format, payload)
+                    .await,
+            ),
+            RequestApi::CreateCertificateFromCsr => (
+                "create_certificate_from_csr",
+                self.create_certificate_from_csr(peer, format, payload),
+            ),
+            RequestApi::RegisterThing { template } => (
+                "register_thing",
+                self.register_thing(peer, template, format, payload).await,
+            ),
+        }
     }
 
     async fn create_keys_and_certificate(
