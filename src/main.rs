@@ -342,7 +342,7 @@ async fn setup(args: SetupArgs) -> ExitCode {
         Err(error) => return cannot(error),
     };
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
-    let control = ControlPlane::from_sdk_config(&sdk);
+    let control = aws_control_plane(&sdk);
     let iam = iam_unless_overridden(&request.access, &sdk);
     let planned = match target::plan_setup(&request, &control, iam.as_ref(), &region).await {
         Ok(planned) => planned,
@@ -389,7 +389,7 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
         Ok(sdk) => sdk,
         Err(error) => return cannot(error),
     };
-    let control = ControlPlane::from_sdk_config(&sdk);
+    let control = aws_control_plane(&sdk);
     let iam = iam_unless_overridden(&access(t, previous.as_ref()), &sdk);
     let request = CleanupRequest { prefix, target_dir };
     let found = match target::plan_cleanup(&request, &control, iam.as_ref()).await {
@@ -418,6 +418,13 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
         }
         Err(error) => cannot(format!("{error}\n(run cleanup again to remove the rest)")),
     }
+}
+
+/// The control plane for setup and cleanup, kept to AWS's default TPS so
+/// that cleaning up a large fleet is not throttled into failure.
+fn aws_control_plane(sdk: &aws_config::SdkConfig) -> ControlPlane {
+    let pacer = fleetsim::pacing::Pacer::new(&fleetsim::pacing::Quotas::aws_defaults());
+    ControlPlane::from_sdk_config(sdk).paced(std::sync::Arc::new(pacer))
 }
 
 /// IAM, unless control-plane calls go to an endpoint override: that is a

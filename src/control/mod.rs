@@ -202,8 +202,10 @@ impl ControlPlane {
             .into_paginator()
             .send();
         let mut ids = Vec::new();
+        self.pace("ListThingPrincipals").await;
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| ControlError::from_sdk("ListThingPrincipals", thing, e))?;
+            self.pace("ListThingPrincipals").await;
             ids.extend(
                 page.principals()
                     .iter()
