@@ -57,6 +57,7 @@ async fn start() -> Bench {
     .expect("emulator starts");
     let control = ControlPlane::for_endpoint(&emulator.control_url(), emulator::REGION);
     let names = SetupNames {
+        prefix: "fleetsim".to_owned(),
         account_id: emulator::ACCOUNT_ID.to_owned(),
         region: emulator::REGION.to_owned(),
         claim_policy: "fleetsim-claim".to_owned(),
