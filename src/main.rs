@@ -594,6 +594,7 @@ fn run(
             config.prefix,
             target::RunEstimate::of(&scenario).render()
         );
+        println!("the fleet keeps to: {}", scenario.quotas());
         println!(
             "`fleetsim cleanup --prefix {}` removes it afterwards",
             config.prefix

@@ -240,6 +240,7 @@ fn setup_then_a_run_then_cleanup_leave_nothing_with_the_prefix() {
     );
     assert_success(&run);
     assert!(stdout(&run).contains("estimated AWS IoT Core cost: USD"));
+    assert!(stdout(&run).contains("the fleet keeps to: connect 500/s"));
     assert_eq!(bench.things_with_prefix().len(), 30);
 
     let dry = bench.fleetsim(&["cleanup", "--dry-run"], "");

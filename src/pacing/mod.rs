@@ -84,6 +84,28 @@ impl Quotas {
     }
 }
 
+impl std::fmt::Display for Quotas {
+    /// `connect 500/s, connect_per_client_id 1/s, ...`, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rates = [
+            self.connect,
+            self.connect_per_client_id,
+            self.create_certificate,
+            self.register_thing,
+            self.control_plane,
+        ];
+        let set: Vec<String> = QUOTA_NAMES
+            .iter()
+            .zip(rates)
+            .filter_map(|(name, rate)| rate.map(|r| format!("{name} {r}/s")))
+            .collect();
+        match set.is_empty() {
+            true => f.write_str("none"),
+            false => f.write_str(&set.join(", ")),
+        }
+    }
+}
+
 /// One token bucket.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -260,6 +282,16 @@ mod tests {
         assert!(!limit.try_acquire());
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(limit.try_acquire());
+    }
+
+    #[test]
+    fn quotas_print_as_names_and_rates() {
+        assert_eq!(Quotas::default().to_string(), "none");
+        let quotas = Quotas {
+            register_thing: Some(10.0),
+            ..Quotas::default()
+        };
+        assert_eq!(quotas.to_string(), "register_thing 10/s");
     }
 
     #[test]
