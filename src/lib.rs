@@ -13,6 +13,7 @@ pub mod emulator;
 pub mod fleet;
 pub mod identity;
 pub mod observe;
+pub mod pacing;
 pub mod provisioning;
 pub mod run;
 pub mod scenario;

@@ -87,6 +87,10 @@ enum Command {
         /// Start a run against AWS without asking.
         #[arg(long, short)]
         yes: bool,
+        /// Make the in-process emulator throttle like AWS: NAME=RATE per
+        /// second, as `fleetsim emulator --quota`.
+        #[arg(long = "emulator-quota", value_name = "NAME=RATE")]
+        emulator_quotas: Vec<String>,
     },
     /// Work with run reports.
     Report {
@@ -294,6 +298,20 @@ struct EmulatorArgs {
     /// (loopback addresses only).
     #[arg(long, requires = "console")]
     console_no_auth: bool,
+    /// Throttle like AWS: NAME=RATE per second (connect,
+    /// connect_per_client_id, create_certificate, register_thing,
+    /// control_plane); repeat for several. Unlimited by default.
+    #[arg(long = "quota", value_name = "NAME=RATE")]
+    quotas: Vec<String>,
+}
+
+/// The quotas named on the command line, on top of "unlimited".
+fn parse_quotas(assignments: &[String]) -> Result<fleetsim::pacing::Quotas, String> {
+    let mut quotas = fleetsim::pacing::Quotas::default();
+    for assignment in assignments {
+        quotas.set(assignment).map_err(|e| format!("--quota {e}"))?;
+    }
+    Ok(quotas)
 }
 
 fn parse_validity(text: &str) -> Result<Duration, String> {
@@ -340,7 +358,12 @@ fn main() -> ExitCode {
             source_addresses,
             target_config,
             yes,
+            emulator_quotas,
         } => {
+            let emulator_quotas = match parse_quotas(&emulator_quotas) {
+                Ok(quotas) => quotas,
+                Err(error) => return cannot(error),
+            };
             let console = match console.map(|addr| console_options(addr, console_no_auth)) {
                 Some(Err(code)) => return code,
                 Some(Ok(options)) => Some(options),
@@ -364,6 +387,7 @@ fn main() -> ExitCode {
                 source_addresses,
                 recorder_tap: None,
                 aws_target: None,
+                emulator_quotas,
             };
             run(&scenario, options, target_config, yes)
         }
@@ -414,7 +438,7 @@ async fn setup(args: SetupArgs) -> ExitCode {
         Err(error) => return cannot(error),
     };
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
-    let control = ControlPlane::from_sdk_config(&sdk);
+    let control = aws_control_plane(&sdk);
     let iam = iam_unless_overridden(&request.access, &sdk);
     let planned = match target::plan_setup(&request, &control, iam.as_ref(), &region).await {
         Ok(planned) => planned,
@@ -461,7 +485,7 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
         Ok(sdk) => sdk,
         Err(error) => return cannot(error),
     };
-    let control = ControlPlane::from_sdk_config(&sdk);
+    let control = aws_control_plane(&sdk);
     let iam = iam_unless_overridden(&access(t, previous.as_ref()), &sdk);
     let request = CleanupRequest { prefix, target_dir };
     let found = match target::plan_cleanup(&request, &control, iam.as_ref()).await {
@@ -490,6 +514,13 @@ async fn cleanup(args: CleanupArgs) -> ExitCode {
         }
         Err(error) => cannot(format!("{error}\n(run cleanup again to remove the rest)")),
     }
+}
+
+/// The control plane for setup and cleanup, kept to AWS's default TPS so
+/// that cleaning up a large fleet is not throttled into failure.
+fn aws_control_plane(sdk: &aws_config::SdkConfig) -> ControlPlane {
+    let pacer = fleetsim::pacing::Pacer::new(&fleetsim::pacing::Quotas::aws_defaults());
+    ControlPlane::from_sdk_config(sdk).paced(std::sync::Arc::new(pacer))
 }
 
 /// IAM, unless control-plane calls go to an endpoint override: that is a
@@ -663,6 +694,7 @@ fn run(
             config.prefix,
             target::RunEstimate::of(&scenario).render()
         );
+        println!("the fleet keeps to: {}", scenario.quotas());
         println!(
             "`fleetsim cleanup --prefix {}` removes it afterwards",
             config.prefix
@@ -819,7 +851,12 @@ fn standalone(args: EmulatorArgs) -> ExitCode {
         Some(Ok(options)) => Some(options),
         None => None,
     };
+    let quotas = match parse_quotas(&args.quotas) {
+        Ok(quotas) => quotas,
+        Err(error) => return cannot(error),
+    };
     let options = StandaloneOptions {
+        quotas,
         bind: args.bind,
         mqtt_port: args.mqtt_port,
         control_port: args.control_port,

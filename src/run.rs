@@ -30,6 +30,7 @@ use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
 use crate::observe::{Recorder, metrics};
+use crate::pacing::Pacer;
 use crate::scenario::{
     self, CredentialStorage, ProvisioningMethod, Qos, Scenario, SerialPattern, format_duration,
 };
@@ -66,6 +67,9 @@ pub struct RunOptions {
     /// The `aws` target as `fleetsim setup` described it; required when the
     /// scenario says `target: aws`.
     pub aws_target: Option<TargetConfig>,
+    /// AWS's quotas for the in-process emulator to enforce (throttling
+    /// offline); unlimited by default.
+    pub emulator_quotas: crate::pacing::Quotas,
 }
 /// Where and how the web console is served.
 #[derive(Debug, Clone)]
@@ -137,7 +141,8 @@ pub async fn execute(
     let (mut emulator, target) = match (&options.aws_target, &options.emulator) {
         (Some(config), _) => (None, Target::aws(scenario, config).await?),
         (None, None) => {
-            let (emulator, config) = start_emulator(scenario, emulator_faults.clone()).await?;
+            let (emulator, config) =
+                start_emulator(scenario, emulator_faults.clone(), options.emulator_quotas).await?;
             restart_plan = scenario
                 .faults
                 .emulator_restart
@@ -153,10 +158,14 @@ pub async fn execute(
             (None, target)
         }
     };
-    let control = Arc::new(match &target.control {
-        Some(control) => control.clone(),
-        None => ControlPlane::for_endpoint(&target.control_url, emulator::REGION),
-    });
+    let pacer = Arc::new(Pacer::new(&scenario.quotas()));
+    let control = Arc::new(
+        match &target.control {
+            Some(control) => control.clone(),
+            None => ControlPlane::for_endpoint(&target.control_url, emulator::REGION),
+        }
+        .paced(Arc::clone(&pacer)),
+    );
     let setup = match target.claim.clone() {
         Some(claim) => claim,
         None => set_up(scenario, options, &control).await?,
@@ -170,8 +179,17 @@ pub async fn execute(
     }
     let stop = CancellationToken::new();
     let fault_log = Arc::new(FaultLog::new(&scenario.name));
-    let mut context = device_context(scenario, &target, &setup, store, control, &recorder, &stop)?;
+    let mut context = device_context(
+        scenario,
+        &target,
+        &setup,
+        store,
+        Arc::clone(&control),
+        &recorder,
+        &stop,
+    )?;
     context.faults = device_faults(scenario, Arc::clone(&fault_log));
+    context.pacer = pacer;
     let live = options.console.as_ref().map(|_| Arc::new(LiveTable::new()));
     context.live = live.clone();
     context.connect.sources = SourceAddresses::new(options.source_addresses.clone());
@@ -219,6 +237,7 @@ pub async fn execute(
     report.shard = ShardInfo::of(&plan);
     report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
     report.faults = fault_section(scenario, &fault_log, emulator_faults.as_deref(), &outcomes);
+    report.control_plane_throttled = control.throttled();
     write_report(&report, options.report_path.as_deref())?;
     Ok(RunSummary {
         report,
@@ -457,12 +476,14 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
 async fn start_emulator(
     scenario: &Scenario,
     faults: Option<Arc<EmulatorFaults>>,
+    quotas: crate::pacing::Quotas,
 ) -> Result<(Emulator, EmulatorConfig), RunError> {
     let state_dir = scenario.faults.emulator_restart.as_ref().map(|_| {
         let unique = format!("fleetsim-{}-{:016x}", scenario.name, rand::random::<u64>());
         std::env::temp_dir().join(unique)
     });
     let mut config = EmulatorConfig {
+        quotas,
         certificate_validity: scenario.to_real(scenario.certificates.validity),
         key_pool_size: key_pool_size(scenario),
         faults,
@@ -647,6 +668,7 @@ fn device_context(
         stop: stop.clone(),
         live: None,
         faults: DeviceFaults::none(Arc::new(FaultLog::new(&scenario.name))),
+        pacer: Arc::new(Pacer::off()),
     })
 }
 

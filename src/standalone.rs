@@ -37,6 +37,8 @@ pub struct StandaloneOptions {
     pub template: String,
     /// Folder with the policy and template files; the built-in ones when absent.
     pub policies_dir: Option<PathBuf>,
+    /// AWS's rate quotas to enforce with throttled answers; unlimited by default.
+    pub quotas: crate::pacing::Quotas,
 }
 
 /// What `emulator.json` holds: where to connect and which files to use. Paths are absolute.
@@ -219,6 +221,7 @@ fn emulator_config(options: &StandaloneOptions, state_dir: &Path) -> EmulatorCon
         control_bind: SocketAddr::new(options.bind, options.control_port),
         certificate_validity: options.certificate_validity,
         state_dir: Some(state_dir.to_owned()),
+        quotas: options.quotas,
         ..EmulatorConfig::default()
     }
 }

@@ -240,6 +240,7 @@ fn setup_then_a_run_then_cleanup_leave_nothing_with_the_prefix() {
     );
     assert_success(&run);
     assert!(stdout(&run).contains("estimated AWS IoT Core cost: USD"));
+    assert!(stdout(&run).contains("the fleet keeps to: connect 500/s"));
     assert_eq!(bench.things_with_prefix().len(), 30);
 
     let dry = bench.fleetsim(&["cleanup", "--dry-run"], "");
@@ -356,4 +357,45 @@ fn broken_template_policies(dir: &Path) -> PathBuf {
     let template = r#"{"Resources": {"thing": {"Type": "AWS::IoT::NoSuchThing"}}}"#;
     std::fs::write(broken.join("provisioning-template.json"), template).unwrap();
     broken
+}
+
+#[test]
+fn a_run_with_target_aws_and_no_setup_says_to_run_setup_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = scenario(dir.path(), 1);
+
+    let out = Command::new(BINARY)
+        .args(["run", scenario.to_str().unwrap(), "--no-metrics", "--yes"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certs/aws/target.json"), "{stderr}");
+    assert!(stderr.contains("run `fleetsim setup` first"), "{stderr}");
+}
+
+#[test]
+fn setup_refuses_a_prefix_that_would_break_aws_names_before_calling_anything() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = Command::new(BINARY)
+        .args([
+            "setup",
+            "--prefix",
+            "bad/prefix",
+            "--region",
+            "us-east-1",
+            "--yes",
+        ])
+        .args(["--endpoint-url", "http://127.0.0.1:9"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("prefix \"bad/prefix\""), "{stderr}");
+    assert!(!dir.path().join("certs").exists());
 }

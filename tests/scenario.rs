@@ -147,6 +147,7 @@ fn a_full_scenario_parses_to_the_expected_structs() {
             min_rotations_per_device: Some(2),
         },
         faults: Faults::default(),
+        pacing: None,
     };
     assert_eq!(parse(FULL).expect("the full example is valid"), expected);
 }

@@ -8,6 +8,7 @@
 mod error;
 mod policy_set;
 mod setup;
+mod throttle;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -23,6 +24,8 @@ pub use self::policy_set::{
     CLAIM_POLICY_FILE, DEVICE_POLICY_FILE, PROVISIONING_TEMPLATE_FILE, PolicySet, render,
 };
 pub use self::setup::{SetupNames, SetupOutput, SetupSpec};
+use self::throttle::ThrottleCount;
+use crate::pacing::Pacer;
 
 /// Time allowed to open a connection to the endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,6 +42,10 @@ pub struct ControlPlane {
     /// first certificate described, so that later calls can name a
     /// certificate by ARN without asking again.
     certificate_arn_prefix: Arc<OnceLock<String>>,
+    /// Throttled answers seen, SDK retries included.
+    throttled: ThrottleCount,
+    /// The fleet's rate limit per operation, when the run paces itself.
+    pacer: Option<Arc<Pacer>>,
 }
 
 /// What DescribeCertificate says about a certificate.
@@ -63,8 +70,8 @@ impl ControlPlane {
             .credentials_provider(credentials)
             .endpoint_url(url)
             .timeout_config(timeouts())
-            .build();
-        ControlPlane::from_client(Client::from_conf(config))
+            .retry_config(retries());
+        ControlPlane::from_config(config)
     }
 
     /// A client for real AWS, configured by the SDK's default chain
@@ -75,7 +82,7 @@ impl ControlPlane {
             loader = loader.region(Region::new(region));
         }
         let shared = loader.load().await;
-        ControlPlane::from_client(Client::new(&shared))
+        ControlPlane::from_sdk_config(&shared)
     }
 
     /// A client on an already loaded AWS configuration (the `aws` target's
@@ -83,14 +90,36 @@ impl ControlPlane {
     pub fn from_sdk_config(shared: &aws_config::SdkConfig) -> ControlPlane {
         let config = aws_sdk_iot::config::Builder::from(shared)
             .timeout_config(timeouts())
-            .build();
-        ControlPlane::from_client(Client::from_conf(config))
+            .retry_config(retries());
+        ControlPlane::from_config(config)
     }
 
-    fn from_client(client: Client) -> ControlPlane {
+    fn from_config(config: aws_sdk_iot::config::Builder) -> ControlPlane {
+        let throttled = ThrottleCount::default();
+        let config = config.interceptor(throttled.clone()).build();
         ControlPlane {
-            client,
+            client: Client::from_conf(config),
             certificate_arn_prefix: Arc::new(OnceLock::new()),
+            throttled,
+            pacer: None,
+        }
+    }
+
+    /// The same client, waiting on `pacer` before each call it makes.
+    pub fn paced(mut self, pacer: Arc<Pacer>) -> ControlPlane {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// How many answers were ThrottlingException, SDK retries included.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.get()
+    }
+
+    /// Waits for `operation`'s rate limit, when the run paces itself.
+    pub async fn pace(&self, operation: &str) {
+        if let Some(pacer) = &self.pacer {
+            pacer.control_plane(operation).await;
         }
     }
 
@@ -107,6 +136,7 @@ impl ControlPlane {
         certificate_id: &str,
     ) -> Result<(), ControlError> {
         let arn = self.certificate_arn(certificate_id).await?;
+        self.pace("DetachThingPrincipal").await;
         self.client
             .detach_thing_principal()
             .thing_name(thing)
@@ -114,6 +144,7 @@ impl ControlPlane {
             .send()
             .await
             .map_err(|e| ControlError::from_sdk("DetachThingPrincipal", thing, e))?;
+        self.pace("UpdateCertificate").await;
         self.client
             .update_certificate()
             .certificate_id(certificate_id)
@@ -130,6 +161,7 @@ impl ControlPlane {
         certificate_id: &str,
     ) -> Result<CertificateSummary, ControlError> {
         const OPERATION: &str = "DescribeCertificate";
+        self.pace(OPERATION).await;
         let output = self
             .client
             .describe_certificate()
@@ -170,8 +202,10 @@ impl ControlPlane {
             .into_paginator()
             .send();
         let mut ids = Vec::new();
+        self.pace("ListThingPrincipals").await;
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| ControlError::from_sdk("ListThingPrincipals", thing, e))?;
+            self.pace("ListThingPrincipals").await;
             ids.extend(
                 page.principals()
                     .iter()
@@ -208,6 +242,13 @@ impl ControlPlane {
                 .set(arn[..end + ":cert/".len()].to_owned());
         }
     }
+}
+
+/// The SDK's standard retries (exponential backoff with jitter, throttling
+/// included), with more attempts than its default three so that a paced
+/// run rides out a throttled second.
+fn retries() -> aws_sdk_iot::config::retry::RetryConfig {
+    aws_sdk_iot::config::retry::RetryConfig::standard().with_max_attempts(6)
 }
 
 fn timeouts() -> TimeoutConfig {

@@ -24,6 +24,10 @@ pub struct RetryPolicy {
 /// leaves the service a moment.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(5);
 
+/// How many more attempts a throttled step gets than a failing one: the
+/// service asked to slow down, it did not refuse.
+pub const THROTTLE_PATIENCE: u32 = 10;
+
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -41,7 +45,11 @@ impl RetryPolicy {
 
     /// Decides after the `attempt`-th consecutive failure of one step.
     pub fn after_failure(&self, attempt: u32, reason: FailureReason, rng: &mut impl Rng) -> Retry {
-        if attempt >= self.max_attempts {
+        let patience = match reason {
+            FailureReason::Throttled => THROTTLE_PATIENCE,
+            _ => 1,
+        };
+        if attempt >= self.max_attempts.saturating_mul(patience) {
             return Retry::GiveUp(reason);
         }
         let ceiling = self.ceiling(attempt);

@@ -49,6 +49,7 @@ impl Device {
             .ok_or_else(|| SessionError::new(FailureReason::Storage, "device has no identity"))?;
         let tls = client_config(&self.ctx.root_pem, &credentials)
             .map_err(|e| SessionError::new(FailureReason::Protocol, e.to_string()))?;
+        self.ctx.pacer.connect(&self.thing).await;
         let mut session = Session::connect(&self.ctx.connect, &self.thing, tls).await?;
         let mut filters = self.reply_filters().to_vec();
         filters.push(format!("fleetsim/{}/commands", self.thing));

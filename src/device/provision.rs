@@ -44,6 +44,7 @@ impl Device {
             )
         })?;
         let client_id = format!("provision-{}", self.serial);
+        self.ctx.pacer.connect(&client_id).await;
         let mut session = Session::connect(&self.ctx.connect, &client_id, claim_tls)
             .await
             .map_err(|e| (Op::ClaimConnect, e))?;
@@ -114,6 +115,10 @@ impl Device {
         session: &mut Session,
     ) -> Result<Issued, (Op, SessionError)> {
         let op = Op::CreateCertificate;
+        self.ctx
+            .pacer
+            .create_certificate(create_keys::REQUEST)
+            .await;
         let started = Instant::now();
         let reply: CreateKeysAndCertificateResponse = exchange(
             session,
@@ -140,6 +145,10 @@ impl Device {
         session: &mut Session,
     ) -> Result<Issued, (Op, SessionError)> {
         let op = Op::CreateCertificate;
+        self.ctx
+            .pacer
+            .create_certificate(create_from_csr::REQUEST)
+            .await;
         let started = Instant::now();
         let key = generate_key_and_csr(&self.serial).map_err(|e| {
             (
@@ -181,6 +190,7 @@ impl Device {
         issued: &Issued,
     ) -> Result<String, (Op, SessionError)> {
         let op = Op::RegisterThing;
+        self.ctx.pacer.register_thing().await;
         let started = Instant::now();
         let request = RegisterThingRequest {
             certificate_ownership_token: issued.ownership_token.clone(),

@@ -62,6 +62,8 @@ pub struct DeviceContext {
     pub live: Option<Arc<LiveTable>>,
     /// What the device does wrong on purpose (fault injection).
     pub faults: DeviceFaults,
+    /// The fleet's own rate limits, waited on before each paced step.
+    pub pacer: Arc<crate::pacing::Pacer>,
 }
 
 impl DeviceContext {
@@ -90,6 +92,7 @@ impl DeviceContext {
             stop,
             live: Some(live),
             faults: DeviceFaults::none(Arc::clone(&self.faults.log)),
+            pacer: Arc::clone(&self.pacer),
         }
     }
 }

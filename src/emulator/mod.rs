@@ -64,6 +64,10 @@ pub struct EmulatorConfig {
     pub policy_propagation_delay: Duration,
     /// Faults injected on purpose into Fleet Provisioning; none by default.
     pub faults: Option<Arc<faults::EmulatorFaults>>,
+    /// AWS's rate quotas, enforced with throttled answers (429 rejections
+    /// on Fleet Provisioning, ThrottlingException on the control plane);
+    /// unlimited by default.
+    pub quotas: crate::pacing::Quotas,
 }
 
 impl Default for EmulatorConfig {
@@ -82,6 +86,7 @@ impl Default for EmulatorConfig {
             detach_propagation_delay: Duration::ZERO,
             policy_propagation_delay: Duration::ZERO,
             faults: None,
+            quotas: crate::pacing::Quotas::default(),
         }
     }
 }
@@ -128,6 +133,7 @@ impl Emulator {
             server_key: config.server_key,
             key_pool_size: config.key_pool_size,
             faults: config.faults.clone(),
+            quotas: config.quotas,
         };
         let provisioning = Arc::new(FleetProvisioning::with_settings(
             Arc::clone(&registry),
@@ -155,6 +161,7 @@ impl Emulator {
             detach_propagation_delay: config.detach_propagation_delay,
             policy_propagation_delay: config.policy_propagation_delay,
             server_key: config.server_key,
+            quotas: config.quotas,
         };
         let control = ControlApi::start(
             config.control_bind,

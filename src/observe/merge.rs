@@ -142,6 +142,8 @@ pub fn merge(reports: &[NamedReport]) -> Result<Report, MergeError> {
         shard: None,
         key_type: first.report.key_type.clone(),
         faults: merge_faults(reports),
+        throttled: sum(|r| r.throttled),
+        control_plane_throttled: sum(|r| r.control_plane_throttled),
     };
     merged.slo = judge_again(first, &merged)?;
     merged.passed = merged.passed();
@@ -241,12 +243,19 @@ fn merge_operations(
                 .iter()
                 .map(|r| r.report.operations[i].failures)
                 .sum();
-            OperationReport::from_histogram(&ops[i].op, &histogram, failures, elapsed).map_err(
-                |e| MergeError::Histogram {
+            let throttled = reports
+                .iter()
+                .map(|r| r.report.operations[i].throttled)
+                .sum();
+            OperationReport::from_histogram(&ops[i].op, &histogram, failures, elapsed)
+                .map(|report| OperationReport {
+                    throttled,
+                    ..report
+                })
+                .map_err(|e| MergeError::Histogram {
                     source_name: "merged report".into(),
                     reason: e.to_string(),
-                },
-            )
+                })
         })
         .collect()
 }

@@ -67,6 +67,13 @@ pub struct Report {
     /// set by the run when the scenario has faults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultSection>,
+    /// Throttled answers the devices got (429 rejections, refused
+    /// connects), retried with backoff and not counted as failures.
+    #[serde(default)]
+    pub throttled: u64,
+    /// ThrottlingException answers of the control plane, SDK retries included.
+    #[serde(default)]
+    pub control_plane_throttled: u64,
 }
 
 /// Latencies in milliseconds, from the moment the step was due; `None` when
@@ -75,7 +82,11 @@ pub struct Report {
 pub struct OperationReport {
     pub op: String,
     pub count: u64,
+    /// Failed attempts, throttled ones not included.
     pub failures: u64,
+    /// Throttled attempts, retried with backoff.
+    #[serde(default)]
+    pub throttled: u64,
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -142,6 +153,11 @@ impl Report {
             shard: None,
             key_type: None,
             faults: None,
+            throttled: Op::ALL
+                .iter()
+                .map(|op| snapshot.failures_for(*op, FailureReason::Throttled))
+                .sum(),
+            control_plane_throttled: 0,
         })
     }
 
@@ -170,6 +186,7 @@ impl Report {
         self.write_header(&mut out);
         self.write_operations(&mut out);
         self.write_failures(&mut out);
+        self.write_throttled(&mut out);
         self.write_fleet(&mut out);
         self.write_faults(&mut out);
         self.write_verdicts(&mut out);
@@ -239,6 +256,15 @@ impl Report {
                 failure.op, failure.reason, failure.count
             );
         }
+    }
+
+    fn write_throttled(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nthrottled: {} device requests, {} control-plane answers \
+             (retried with backoff; not failures)",
+            self.throttled, self.control_plane_throttled
+        );
     }
 
     fn write_fleet(&self, out: &mut String) {
@@ -314,8 +340,12 @@ impl OperationReport {
         snapshot: &Snapshot,
         elapsed: Duration,
     ) -> Result<OperationReport, ObserveError> {
-        let failures = snapshot.failures_of(op);
-        OperationReport::from_histogram(op.as_str(), &histogram, failures, elapsed)
+        let throttled = snapshot.failures_for(op, FailureReason::Throttled);
+        let failures = snapshot.failures_of(op) - throttled;
+        let mut report =
+            OperationReport::from_histogram(op.as_str(), &histogram, failures, elapsed)?;
+        report.throttled = throttled;
+        Ok(report)
     }
 
     /// The figures of operation `op` from its histogram of successes (µs)
@@ -331,6 +361,7 @@ impl OperationReport {
             op: op.to_owned(),
             count: histogram.len(),
             failures,
+            throttled: 0,
             p50_ms: quantile(0.50),
             p90_ms: quantile(0.90),
             p99_ms: quantile(0.99),
@@ -395,6 +426,7 @@ fn failure_counts(snapshot: &Snapshot) -> Vec<FailureCount> {
         .into_iter()
         .flat_map(|op| FailureReason::ALL.map(|reason| (op, reason)));
     pairs
+        .filter(|(_, reason)| *reason != FailureReason::Throttled)
         .filter_map(|(op, reason)| {
             let count = snapshot.failures_for(op, reason);
             (count > 0).then(|| FailureCount {

@@ -25,6 +25,7 @@ const TOP_FIELDS: &[&str] = &[
     "credentials",
     "slo",
     "faults",
+    "pacing",
 ];
 
 /// AWS IoT Core's largest MQTT payload.
@@ -74,6 +75,7 @@ pub(crate) fn scenario(root: &Node) -> Result<Scenario, Problem> {
         credentials: credentials(&top)?,
         slo: slo(&top)?,
         faults: super::faults::faults(&top, target, &run)?,
+        pacing: pacing(&top)?,
     })
 }
 
@@ -365,6 +367,31 @@ fn slo(top: &Section) -> Result<Slo, Problem> {
         max_failure_ratio: maybe(&section, "max_failure_ratio", ratio)?,
         min_rotations_per_device: maybe(&section, "min_rotations_per_device", count)?,
     })
+}
+
+/// The fleet's rate limits: any field left out takes AWS's default quota,
+/// `enabled: false` turns pacing off.
+fn pacing(top: &Section) -> Result<Option<crate::pacing::Quotas>, Problem> {
+    if top.node("pacing").is_none() {
+        return Ok(None);
+    }
+    let mut fields = vec!["enabled"];
+    fields.extend_from_slice(crate::pacing::QUOTA_NAMES);
+    let section = child(top, "pacing", &fields)?;
+    if !optional(&section, "enabled", Field::boolean, true)? {
+        return Ok(Some(crate::pacing::Quotas::default()));
+    }
+    let defaults = crate::pacing::Quotas::aws_defaults();
+    let rate = |name: &str, default: Option<f64>| -> Result<Option<f64>, Problem> {
+        optional(&section, name, |f| Ok(Some(f.rate()?.per_second)), default)
+    };
+    Ok(Some(crate::pacing::Quotas {
+        connect: rate("connect", defaults.connect)?,
+        connect_per_client_id: rate("connect_per_client_id", defaults.connect_per_client_id)?,
+        create_certificate: rate("create_certificate", defaults.create_certificate)?,
+        register_thing: rate("register_thing", defaults.register_thing)?,
+        control_plane: rate("control_plane", defaults.control_plane)?,
+    }))
 }
 
 /// Reads a field that has no default.

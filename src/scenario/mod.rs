@@ -40,6 +40,9 @@ pub struct Scenario {
     pub slo: Slo,
     /// What goes wrong on purpose; nothing by default.
     pub faults: Faults,
+    /// The fleet's own rate limits. `None` (no `pacing` section) means AWS's
+    /// default quotas on the `aws` target and none on `local`.
+    pub pacing: Option<crate::pacing::Quotas>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +216,15 @@ impl ScenarioError {
 }
 
 impl Scenario {
+    /// The rate limits the fleet keeps to (see [`Scenario::pacing`]).
+    pub fn quotas(&self) -> crate::pacing::Quotas {
+        match (self.pacing, self.target) {
+            (Some(quotas), _) => quotas,
+            (None, Target::Aws) => crate::pacing::Quotas::aws_defaults(),
+            (None, Target::Local) => crate::pacing::Quotas::default(),
+        }
+    }
+
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let bytes = read_bounded(path)?;

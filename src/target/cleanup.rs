@@ -37,13 +37,20 @@ pub struct CleanupPlan {
     prefix: String,
     /// Thing name to the ids of its certificates.
     things: BTreeMap<String, Vec<String>>,
-    /// Certificate id to its status.
-    certificates: BTreeMap<String, String>,
+    /// Certificate id to what it takes to delete it.
+    certificates: BTreeMap<String, Doomed>,
     template: Option<String>,
     policies: Vec<String>,
     /// The ARN of the provisioning role, when fleetsim created it.
     role: Option<String>,
     target_dir: Option<PathBuf>,
+}
+
+/// A certificate to delete: its status and the prefix's policies on it.
+#[derive(Debug, Clone, Default)]
+struct Doomed {
+    status: String,
+    policies: Vec<String>,
 }
 
 impl CleanupPlan {
@@ -73,21 +80,26 @@ pub async fn plan_cleanup(
         let principals = control.list_thing_principals(&thing).await?;
         found.things.insert(thing, principals);
     }
-    let mut ids: Vec<String> = found.things.values().flatten().cloned().collect();
+    let mut doomed: BTreeMap<String, Doomed> = found
+        .things
+        .values()
+        .flatten()
+        .map(|id| (id.clone(), Doomed::default()))
+        .collect();
     for policy in [prefix.claim_policy(), prefix.device_policy()] {
         if let Some(targets) = policy_targets(control, &policy).await? {
-            ids.extend(targets);
+            for id in targets {
+                doomed.entry(id).or_default().policies.push(policy.clone());
+            }
             found.policies.push(policy);
         }
     }
-    for id in ids {
-        if found.certificates.contains_key(&id) {
-            continue;
-        }
-        match control.describe_certificate(&id).await {
-            Ok(summary) => _ = found.certificates.insert(id, summary.status),
-            Err(ControlError::NotFound { .. }) => {}
-            Err(error) => return Err(error.into()),
+    let statuses = certificate_statuses(control).await?;
+    for (id, mut certificate) in doomed {
+        // A certificate missing from the listing is already gone.
+        if let Some(status) = statuses.get(&id) {
+            certificate.status = status.clone();
+            found.certificates.insert(id, certificate);
         }
     }
     found.template = template(control, &prefix.template()).await?;
@@ -114,11 +126,11 @@ pub async fn cleanup(
             detach_thing_principal(control, thing, id).await?;
         }
     }
-    for (id, status) in &found.certificates {
-        delete_certificate(control, id, status, &found.policies).await?;
+    for (id, certificate) in &found.certificates {
+        delete_certificate(control, id, certificate).await?;
     }
     for thing in found.things.keys() {
-        retry_conflicts("DeleteThing", thing, || async {
+        retry_conflicts(control, "DeleteThing", thing, || async {
             control
                 .client()
                 .delete_thing()
@@ -129,14 +141,14 @@ pub async fn cleanup(
         .await?;
     }
     if let Some(template) = &found.template {
-        retry_conflicts("DeleteProvisioningTemplate", template, || async {
+        retry_conflicts(control, "DeleteProvisioningTemplate", template, || async {
             let call = control.client().delete_provisioning_template();
             call.template_name(template).send().await
         })
         .await?;
     }
     for policy in &found.policies {
-        retry_conflicts("DeletePolicy", policy, || async {
+        retry_conflicts(control, "DeletePolicy", policy, || async {
             control
                 .client()
                 .delete_policy()
@@ -161,7 +173,7 @@ fn describe(found: &CleanupPlan) -> Plan {
     let active = found
         .certificates
         .values()
-        .filter(|status| status.as_str() == "ACTIVE")
+        .filter(|certificate| certificate.status == "ACTIVE")
         .count();
     if !found.things.is_empty() {
         plan.changes.push(Change::Delete(format!(
@@ -199,7 +211,9 @@ fn describe(found: &CleanupPlan) -> Plan {
 async fn thing_names(control: &ControlPlane, prefix: &Prefix) -> Result<Vec<String>, TargetError> {
     let mut pages = control.client().list_things().into_paginator().send();
     let mut names = Vec::new();
+    control.pace("ListThings").await;
     while let Some(page) = pages.next().await {
+        control.pace("ListThings").await;
         let page = page.map_err(|e| ControlError::from_sdk("ListThings", prefix.as_str(), e))?;
         names.extend(
             page.things()
@@ -210,6 +224,31 @@ async fn thing_names(control: &ControlPlane, prefix: &Prefix) -> Result<Vec<Stri
         );
     }
     Ok(names)
+}
+
+/// Every certificate's status, from ListCertificates in the largest pages
+/// (one call per 250 certificates, not one DescribeCertificate each).
+async fn certificate_statuses(
+    control: &ControlPlane,
+) -> Result<BTreeMap<String, String>, TargetError> {
+    let mut pages = control
+        .client()
+        .list_certificates()
+        .page_size(250)
+        .into_paginator()
+        .send();
+    let mut statuses = BTreeMap::new();
+    control.pace("ListCertificates").await;
+    while let Some(page) = pages.next().await {
+        control.pace("ListCertificates").await;
+        let page = page.map_err(|e| ControlError::from_sdk("ListCertificates", "account", e))?;
+        for certificate in page.certificates() {
+            if let (Some(id), Some(status)) = (certificate.certificate_id(), certificate.status()) {
+                statuses.insert(id.to_owned(), status.as_str().to_owned());
+            }
+        }
+    }
+    Ok(statuses)
 }
 
 /// The ids of the certificates a policy is attached to, or `None` when the
@@ -225,7 +264,9 @@ async fn policy_targets(
         .into_paginator()
         .send();
     let mut ids = Vec::new();
+    control.pace("ListTargetsForPolicy").await;
     while let Some(page) = pages.next().await {
+        control.pace("ListTargetsForPolicy").await;
         match page.map_err(|e| ControlError::from_sdk("ListTargetsForPolicy", policy, e)) {
             Ok(page) => ids.extend(
                 page.targets()
@@ -259,6 +300,7 @@ async fn detach_thing_principal(
     id: &str,
 ) -> Result<(), TargetError> {
     let arn = control.certificate_arn_of(id).await?;
+    control.pace("DetachThingPrincipal").await;
     let result = control
         .client()
         .detach_thing_principal()
@@ -274,21 +316,23 @@ async fn detach_thing_principal(
 async fn delete_certificate(
     control: &ControlPlane,
     id: &str,
-    status: &str,
-    policies: &[String],
+    certificate: &Doomed,
 ) -> Result<(), TargetError> {
     let arn = control.certificate_arn_of(id).await?;
-    for policy in policies {
+    let status = certificate.status.as_str();
+    for policy in &certificate.policies {
+        control.pace("DetachPolicy").await;
         let call = control.client().detach_policy().policy_name(policy);
         let result = call.target(&arn).send().await;
         gone_is_done(result.map_err(|e| ControlError::from_sdk("DetachPolicy", policy, e)))?;
     }
     if status != "REVOKED" && status != "INACTIVE" {
+        control.pace("UpdateCertificate").await;
         let call = control.client().update_certificate().certificate_id(id);
         let result = call.new_status(CertificateStatus::Inactive).send().await;
         gone_is_done(result.map_err(|e| ControlError::from_sdk("UpdateCertificate", id, e)))?;
     }
-    retry_conflicts("DeleteCertificate", id, || async {
+    retry_conflicts(control, "DeleteCertificate", id, || async {
         let call = control.client().delete_certificate().certificate_id(id);
         call.force_delete(true).send().await
     })
@@ -306,6 +350,7 @@ fn gone_is_done<T>(result: Result<T, ControlError>) -> Result<(), TargetError> {
 /// Runs a delete until it stops conflicting: AWS applies detaches after a
 /// delay, and a delete right after one can still see the attachment.
 async fn retry_conflicts<T, E, F, Fut>(
+    control: &ControlPlane,
     operation: &'static str,
     resource: &str,
     mut call: F,
@@ -317,6 +362,7 @@ where
 {
     let (mut wait, mut attempt) = (CONFLICT_BACKOFF, 1);
     loop {
+        control.pace(operation).await;
         let result = call()
             .await
             .map_err(|e| ControlError::from_sdk(operation, resource, e));

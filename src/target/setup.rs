@@ -165,11 +165,20 @@ pub async fn setup(
     }
     let dir = absolute(&request.target_dir())?;
     let (claim_id, claim_cert, claim_key) = match &planned.kept_claim {
-        Some(kept) => (
-            kept.claim_certificate_id.clone(),
-            kept.claim_certificate.clone(),
-            kept.claim_private_key.clone(),
-        ),
+        Some(kept) => {
+            if planned.create_claim_policy {
+                // The kept certificate lost its policy with the old one.
+                let arn = control
+                    .certificate_arn_of(&kept.claim_certificate_id)
+                    .await?;
+                control.attach_policy(&names.claim_policy, &arn).await?;
+            }
+            (
+                kept.claim_certificate_id.clone(),
+                kept.claim_certificate.clone(),
+                kept.claim_private_key.clone(),
+            )
+        }
         None => create_claim(control, &names.claim_policy, &dir).await?,
     };
     let data_endpoint = match &request.data_endpoint {

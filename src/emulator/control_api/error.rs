@@ -37,6 +37,9 @@ pub(super) enum ApiError {
     UnknownOperation(String),
     #[error("{0}")]
     InternalFailure(String),
+    /// Over the configured rate for the operation (`--quota control_plane=…`).
+    #[error("{0}")]
+    Throttling(String),
 }
 
 impl ApiError {
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::VersionConflict(_) => "VersionConflictException",
             ApiError::UnknownOperation(_) => "UnknownOperationException",
             ApiError::InternalFailure(_) => "InternalFailureException",
+            ApiError::Throttling(_) => "ThrottlingException",
         }
     }
 
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::VersionConflict(_) => "version_conflict",
             ApiError::UnknownOperation(_) => "unknown_operation",
             ApiError::InternalFailure(_) => "internal_failure",
+            ApiError::Throttling(_) => "throttled",
         }
     }
 
@@ -92,7 +97,10 @@ impl ApiError {
     /// The status codes of the IoT Smithy model's `httpError` traits.
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::MalformedPolicy(_) => StatusCode::BAD_REQUEST,
+            // ThrottlingException is a 400 in the IoT model, not a 429.
+            ApiError::InvalidRequest(_)
+            | ApiError::MalformedPolicy(_)
+            | ApiError::Throttling(_) => StatusCode::BAD_REQUEST,
             ApiError::ResourceNotFound(_) | ApiError::UnknownOperation(_) => StatusCode::NOT_FOUND,
             ApiError::CertificateState(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::ResourceAlreadyExists { .. }

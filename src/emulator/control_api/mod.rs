@@ -57,6 +57,9 @@ pub struct ControlApiSettings {
     pub policy_propagation_delay: Duration,
     /// The key CreateKeysAndCertificate generates.
     pub server_key: ServerKeyType,
+    /// Requests per second each operation serves before answering
+    /// ThrottlingException (`Quotas::control_plane`; unlimited by default).
+    pub quotas: crate::pacing::Quotas,
 }
 
 /// AWS's control plane issues certificates that expire at
@@ -78,6 +81,7 @@ impl Default for ControlApiSettings {
             detach_propagation_delay: Duration::ZERO,
             policy_propagation_delay: Duration::ZERO,
             server_key: ServerKeyType::Rsa2048,
+            quotas: crate::pacing::Quotas::default(),
         }
     }
 }
@@ -97,6 +101,8 @@ struct Service {
     ca: Arc<CertificateAuthority>,
     keys: KeyPool,
     settings: ControlApiSettings,
+    /// One bucket per operation.
+    rates: crate::pacing::Buckets,
 }
 
 impl ControlApi {
@@ -114,6 +120,7 @@ impl ControlApi {
             registry,
             ca,
             keys: KeyPool::start(settings.server_key, 0),
+            rates: crate::pacing::Buckets::new(settings.quotas.control_plane),
             settings,
         });
         let router = Router::new().fallback(handle).with_state(service);
@@ -177,6 +184,10 @@ async fn serve(service: &Service, request: Request, span: &tracing::Span) -> Res
         Err(error) => return finish("unknown", Err(error)),
     };
     span.record("operation", operation.name());
+    if !service.rates.try_take(operation.name()) {
+        let error = ApiError::Throttling("Rate exceeded".into());
+        return finish(operation.name(), Err(error));
+    }
     let result = match read_body(body).await {
         Ok(body) => match Call::new(&parts, body) {
             Ok(call) => dispatch(service, &operation, &call).await,

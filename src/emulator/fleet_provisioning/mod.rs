@@ -22,6 +22,7 @@ use super::ca::{CertificateAuthority, IssuedCertificate};
 use super::hook::{HookEvent, HookRegistry};
 use super::registry::{CertificateStatus, NewCertificate, Registry, RegistryError, TemplateRecord};
 use super::template::{Plan, PolicyPlan, Template, ThingProperties};
+use crate::pacing::Buckets;
 use crate::provisioning::{
     CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse,
     CreateKeysAndCertificateResponse, ErrorResponse, PayloadFormat, RegisterThingRequest,
@@ -49,6 +50,8 @@ pub struct ProvisioningSettings {
     pub key_pool_size: usize,
     /// Faults injected on purpose (latency, throttles, hook denials).
     pub faults: Option<Arc<super::faults::EmulatorFaults>>,
+    /// Requests per second each API serves before rejecting with 429.
+    pub quotas: crate::pacing::Quotas,
 }
 
 impl Default for ProvisioningSettings {
@@ -59,6 +62,7 @@ impl Default for ProvisioningSettings {
             server_key: ServerKeyType::Rsa2048,
             key_pool_size: 0,
             faults: None,
+            quotas: crate::pacing::Quotas::default(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct FleetProvisioning {
     tokens: TokenBook,
     keys: KeyPool,
     hooks: Arc<HookRegistry>,
+    certificate_rates: Buckets,
+    register_rates: Buckets,
 }
 
 type Outcome = Result<Vec<u8>, ErrorResponse>;
@@ -115,6 +121,8 @@ impl FleetProvisioning {
         FleetProvisioning {
             tokens: TokenBook::new(settings.token_lifetime),
             keys: KeyPool::start(settings.server_key, settings.key_pool_size),
+            certificate_rates: Buckets::new(settings.quotas.create_certificate),
+            register_rates: Buckets::new(settings.quotas.register_thing),
             registry,
             ca,
             settings,
@@ -142,20 +150,9 @@ impl FleetProvisioning {
                 payload: format::encode(format, &error),
             });
         }
-        let (api, outcome) = match request.api {
-            RequestApi::CreateKeysAndCertificate => (
-                "create_keys_and_certificate",
-                self.create_keys_and_certificate(peer, format, payload)
-                    .await,
-            ),
-            RequestApi::CreateCertificateFromCsr => (
-                "create_certificate_from_csr",
-                self.create_certificate_from_csr(peer, format, payload),
-            ),
-            RequestApi::RegisterThing { template } => (
-                "register_thing",
-                self.register_thing(peer, template, format, payload).await,
-            ),
+        let (api, outcome) = match self.throttle(&request.api) {
+            Some(throttled) => throttled,
+            None => self.dispatch(peer, request, payload).await,
         };
         let label = if outcome.is_ok() {
             "accepted"
@@ -176,6 +173,48 @@ impl FleetProvisioning {
             topic: format!("{topic}/{label}"),
             payload,
         })
+    }
+
+    /// A 429 rejection when the API is over its configured rate, the way
+    /// AWS answers a throttled Fleet Provisioning request [unverified code].
+    fn throttle(&self, api: &RequestApi<'_>) -> Option<(&'static str, Outcome)> {
+        let (name, rates) = match api {
+            RequestApi::CreateKeysAndCertificate => {
+                ("create_keys_and_certificate", &self.certificate_rates)
+            }
+            RequestApi::CreateCertificateFromCsr => {
+                ("create_certificate_from_csr", &self.certificate_rates)
+            }
+            RequestApi::RegisterThing { .. } => ("register_thing", &self.register_rates),
+        };
+        (!rates.try_take(name)).then(|| {
+            let error = ErrorResponse::new(429, "ThrottlingException", "Rate exceeded");
+            (name, Err(error))
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        peer: &Peer,
+        request: RequestTopic<'_>,
+        payload: &[u8],
+    ) -> (&'static str, Outcome) {
+        let format = request.format;
+        match request.api {
+            RequestApi::CreateKeysAndCertificate => (
+                "create_keys_and_certificate",
+                self.create_keys_and_certificate(peer, format, payload)
+                    .await,
+            ),
+            RequestApi::CreateCertificateFromCsr => (
+                "create_certificate_from_csr",
+                self.create_certificate_from_csr(peer, format, payload),
+            ),
+            RequestApi::RegisterThing { template } => (
+                "register_thing",
+                self.register_thing(peer, template, format, payload).await,
+            ),
+        }
     }
 
     async fn create_keys_and_certificate(

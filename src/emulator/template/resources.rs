@@ -483,7 +483,7 @@ fn policy_name(scope: &Scope<'_>, value: &Value, at: &str) -> Result<String, Tem
 fn policy_document(scope: &Scope<'_>, value: &Value, at: &str) -> Result<String, TemplateError> {
     let document = match scope.evaluate(value, at)? {
         Value::String(text) => text,
-        object @ Value::Object(_) => object.to_string(),
+        object @ Value::Object(_) => sorted_keys(object).to_string(),
         _ => {
             return Err(TemplateError::evaluation(
                 at,
@@ -494,6 +494,26 @@ fn policy_document(scope: &Scope<'_>, value: &Value, at: &str) -> Result<String,
     PolicyDocument::parse(&document)
         .map_err(|error| TemplateError::evaluation(at, error.to_string()))?;
     Ok(document)
+}
+
+/// Rebuilds objects with their keys in sorted order, so that the text is
+/// the same whether or not serde_json keeps insertion order (its
+/// `preserve_order` feature, which a dependency's feature can turn on).
+fn sorted_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key, sorted_keys(value)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
 }
 
 fn sha256_hex(document: &str) -> String {
