@@ -103,13 +103,16 @@ pub struct Step {
     pub p99_ms: Option<f64>,
 }
 
-/// Source addresses enough for `connections` to one broker: none below
-/// one address's share, otherwise 127.0.0.2, 127.0.0.3, ...
-pub fn loopback_sources(connections: u64) -> Vec<IpAddr> {
-    if connections <= CONNECTIONS_PER_SOURCE {
+/// Source addresses enough for a fleet of `devices` to one broker: none
+/// while one address's share suffices, otherwise 127.0.0.2, 127.0.0.3, ...
+/// Each device is counted twice: its claim connection, closed first by the
+/// device, holds its port in TIME_WAIT for a minute after.
+pub fn loopback_sources(devices: u64) -> Vec<IpAddr> {
+    let ports = 2 * devices;
+    if ports <= CONNECTIONS_PER_SOURCE {
         return Vec::new();
     }
-    let count = connections.div_ceil(CONNECTIONS_PER_SOURCE);
+    let count = ports.div_ceil(CONNECTIONS_PER_SOURCE).min(250);
     (0..count)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
         .collect()
@@ -387,9 +390,9 @@ mod tests {
 
     #[test]
     fn one_source_address_serves_a_small_fleet_and_a_large_one_gets_several() {
-        assert!(loopback_sources(20_000).is_empty());
+        assert!(loopback_sources(10_000).is_empty());
         let sources = loopback_sources(100_000);
-        assert_eq!(sources.len(), 4);
+        assert_eq!(sources.len(), 8);
         assert_eq!(sources[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     }
 
