@@ -91,20 +91,37 @@ pub async fn memory(devices: u64, rate: f64) -> Result<FleetResults, BenchError>
     results
 }
 
-/// QoS 1 telemetry through the in-process emulator from an online fleet.
+/// QoS 1 telemetry from an online fleet, through the in-process emulator
+/// or, with `standalone`, through a `fleetsim emulator` child process (which
+/// halves the open files this process needs).
 pub async fn telemetry(
     devices: u64,
     rate: f64,
     interval: Duration,
     seconds: f64,
+    standalone: bool,
 ) -> Result<FleetResults, BenchError> {
+    let then = Then::Publish { interval, seconds };
+    if !standalone {
+        let bench = FleetBench {
+            devices,
+            rate,
+            then,
+            standalone: None,
+        };
+        return bench.run(None).await;
+    }
+    let state = TempDir::new()?;
+    let emulator = EmulatorProcess::start(state.path()).await?;
     let bench = FleetBench {
         devices,
         rate,
-        then: Then::Publish { interval, seconds },
-        standalone: None,
+        then,
+        standalone: Some((state.path().to_owned(), emulator.pid())),
     };
-    bench.run(None).await
+    let results = bench.run(None).await;
+    emulator.stop().await;
+    results
 }
 
 /// Writes `results` as pretty JSON to `path`, creating its folder.
