@@ -74,6 +74,9 @@ pub struct FleetResults {
     pub rotations_per_second: Option<f64>,
     pub rotation_vs_ceiling: Option<f64>,
     pub telemetry_messages_per_second: Option<f64>,
+    /// Publish-to-PUBACK latency inside the telemetry window only, with
+    /// every device online and nothing else going on.
+    pub telemetry_window: Option<Window>,
     pub memory: Memory,
     pub ceiling: Option<CryptoCeiling>,
     /// p50/p99 of every step, from the run's report.
@@ -217,11 +220,7 @@ impl FleetBench {
                 watch.rotated = follow(recorder, started, n, |s| s.rotations(), &mut None).await;
             }
             Then::Publish { seconds, .. } => {
-                let before = recorder.snapshot().completed(Op::Publish);
-                let from = Instant::now();
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                let sent = recorder.snapshot().completed(Op::Publish) - before;
-                watch.telemetry = Some(sent as f64 / from.elapsed().as_secs_f64());
+                watch.telemetry = Some(publish_window(recorder, seconds).await);
             }
             Then::Idle => {}
         }
@@ -266,7 +265,8 @@ impl FleetBench {
             provisioning_vs_ceiling: ratio(provisioning, |c| c.provisionings_per_second),
             rotations_per_second: rotations,
             rotation_vs_ceiling: ratio(rotations, |c| c.rotations_per_second),
-            telemetry_messages_per_second: watch.telemetry,
+            telemetry_messages_per_second: watch.telemetry.as_ref().map(|w| w.per_second),
+            telemetry_window: watch.telemetry,
             memory: Memory::between(watch.memory, watch.online, self.devices),
             ceiling,
             steps: steps(report),
@@ -319,7 +319,37 @@ struct Watch {
     first_online: Option<f64>,
     provisioned: Progress,
     rotated: Progress,
-    telemetry: Option<f64>,
+    telemetry: Option<Window>,
+}
+
+/// The publishes acknowledged within one window of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub seconds: f64,
+    pub messages: u64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Lets the fleet publish for `seconds` and reads what was acknowledged in
+/// that time: the difference of the publish histogram across the window.
+async fn publish_window(recorder: &Recorder, seconds: f64) -> Window {
+    let before = recorder.histogram(Op::Publish);
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let mut inside = recorder.histogram(Op::Publish);
+    let elapsed = from.elapsed().as_secs_f64();
+    // `before` is a prefix of the same counts, so the subtraction cannot fail.
+    let _ = inside.subtract(&before);
+    let ms = |q: f64| inside.value_at_quantile(q) as f64 / 1000.0;
+    Window {
+        seconds: elapsed,
+        messages: inside.len(),
+        per_second: inside.len() as f64 / elapsed,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+    }
 }
 
 /// When a count passed 10%, 90% and 100% of its goal, in seconds from the
