@@ -79,6 +79,10 @@ pub struct FleetResults {
     pub telemetry_window: Option<Window>,
     pub memory: Memory,
     pub ceiling: Option<CryptoCeiling>,
+    /// The ceiling measured again after the fleet; the ratios are taken
+    /// against the higher of the two, so a load that eased in between
+    /// cannot flatter them.
+    pub ceiling_after: Option<CryptoCeiling>,
     /// p50/p99 of every step, from the run's report.
     pub steps: Vec<Step>,
     pub failures: u64,
@@ -269,11 +273,29 @@ impl FleetBench {
             telemetry_window: watch.telemetry,
             memory: Memory::between(watch.memory, watch.online, self.devices),
             ceiling,
+            ceiling_after: None,
             steps: steps(report),
             failures: report.failures.iter().map(|f| f.count).sum(),
             bricked: report.bricked,
             devices_failed: report.devices_failed,
         }
+    }
+}
+
+impl FleetResults {
+    /// Adds the ceiling measured after the fleet and takes the ratios
+    /// against the higher of the two measurements.
+    pub fn with_ceiling_after(mut self, after: CryptoCeiling) -> FleetResults {
+        let higher = |of: fn(&CryptoCeiling) -> f64| {
+            let before = self.ceiling.as_ref().map_or(0.0, of);
+            before.max(of(&after))
+        };
+        let provisioning = higher(|c| c.provisionings_per_second);
+        let rotation = higher(|c| c.rotations_per_second);
+        self.provisioning_vs_ceiling = self.provisioning_per_second.map(|r| r / provisioning);
+        self.rotation_vs_ceiling = self.rotations_per_second.map(|r| r / rotation);
+        self.ceiling_after = Some(after);
+        self
     }
 }
 

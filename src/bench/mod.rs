@@ -57,8 +57,9 @@ pub async fn ceiling(key_exchange: KeyExchange, seconds: f64) -> Result<CryptoCe
 }
 
 /// Provisioning and a rotation wave, with the ceiling measured just before
-/// in the same process. Without a `rate`, devices arrive at 80% of the
-/// ceiling, which a fleetsim that reaches its target keeps up with.
+/// and just after in the same process (the ratios take the higher). Without
+/// a `rate`, devices arrive at 80% of the first ceiling, which a fleetsim
+/// that reaches its target keeps up with.
 pub async fn provision(
     devices: u64,
     rate: Option<f64>,
@@ -72,7 +73,9 @@ pub async fn provision(
         then: Then::Rotate,
         standalone: None,
     };
-    bench.run(Some(ceiling)).await
+    let results = bench.run(Some(ceiling)).await?;
+    let after = self::ceiling(KeyExchange::default(), ceiling_seconds).await?;
+    Ok(results.with_ceiling_after(after))
 }
 
 /// Memory of an idle online fleet with the emulator in its own process, so
