@@ -220,6 +220,10 @@ enum BenchKind {
         /// How long the fleet publishes.
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        /// Publish through a `fleetsim emulator` child process instead of
+        /// the in-process emulator.
+        #[arg(long)]
+        standalone: bool,
     },
     /// Micro-benchmarks of topic matching, policy evaluation and MQTT
     /// encoding and decoding.
@@ -257,9 +261,15 @@ impl BenchKind {
     fn open_files(&self) -> u64 {
         match self {
             BenchKind::Crypto { .. } | BenchKind::Micro { .. } => 0,
-            BenchKind::Provision { devices, .. }
-            | BenchKind::Memory { devices, .. }
-            | BenchKind::Telemetry { devices, .. } => 2 * devices,
+            // A rotating device briefly holds its old, its new and a refused
+            // connection, and each revocation may open a control-plane one.
+            BenchKind::Provision { devices, .. } => 2 * devices + devices / 4,
+            BenchKind::Telemetry {
+                devices,
+                standalone,
+                ..
+            } => devices * if *standalone { 1 } else { 2 },
+            BenchKind::Memory { devices, .. } => *devices,
             BenchKind::Mosquitto { devices, .. } => *devices,
         }
     }
@@ -763,7 +773,8 @@ fn bench(kind: BenchKind, output: Option<PathBuf>) -> ExitCode {
                 rate,
                 interval,
                 seconds,
-            } => bench::telemetry(devices, rate, interval, seconds)
+                standalone,
+            } => bench::telemetry(devices, rate, interval, seconds, standalone)
                 .await
                 .map(to_json),
             BenchKind::Mosquitto { devices, messages } => {

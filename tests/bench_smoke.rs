@@ -101,6 +101,7 @@ fn a_small_fleet_provisions_idles_and_rotates_with_its_ceiling_beside_it() {
     positive(&results, "rotations_per_second");
     positive(&results, "rotation_vs_ceiling");
     positive(&results["ceiling"], "provisionings_per_second");
+    positive(&results["ceiling_after"], "provisionings_per_second");
     positive(&results["memory"], "process_kib_online");
     let steps: Vec<&str> = results["steps"]
         .as_array()
@@ -162,6 +163,9 @@ fn telemetry_counts_acknowledged_messages_and_their_latency() {
         ],
     );
     positive(&results, "telemetry_messages_per_second");
+    let window = &results["telemetry_window"];
+    positive(window, "messages");
+    assert!(window["p99_ms"].as_f64().unwrap() >= window["p50_ms"].as_f64().unwrap());
     let publish = results["steps"]
         .as_array()
         .unwrap()
@@ -219,6 +223,31 @@ fn an_unknown_bench_kind_is_refused_by_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("'warp'") && stderr.contains("fleetsim bench"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_fleet_beyond_any_open_file_limit_is_refused_with_the_numbers() {
+    // Ten million devices need twenty million sockets in-process: more than
+    // the kernel lets any process have, root or not, so this never starts.
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("huge.yaml");
+    std::fs::write(
+        &scenario,
+        "name: huge\nfleet: { size: 10000000 }\narrival: { rate: 1/s }\nrun: { duration: 1s }\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fleetsim"))
+        .args(["run", "--no-metrics"])
+        .arg(&scenario)
+        .output()
+        .expect("fleetsim runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("20000000 connections need about 20001024 open files")
+            && stderr.contains("cannot be raised"),
         "{stderr}"
     );
 }

@@ -74,8 +74,15 @@ pub struct FleetResults {
     pub rotations_per_second: Option<f64>,
     pub rotation_vs_ceiling: Option<f64>,
     pub telemetry_messages_per_second: Option<f64>,
+    /// Publish-to-PUBACK latency inside the telemetry window only, with
+    /// every device online and nothing else going on.
+    pub telemetry_window: Option<Window>,
     pub memory: Memory,
     pub ceiling: Option<CryptoCeiling>,
+    /// The ceiling measured again after the fleet; the ratios are taken
+    /// against the higher of the two, so a load that eased in between
+    /// cannot flatter them.
+    pub ceiling_after: Option<CryptoCeiling>,
     /// p50/p99 of every step, from the run's report.
     pub steps: Vec<Step>,
     pub failures: u64,
@@ -103,13 +110,16 @@ pub struct Step {
     pub p99_ms: Option<f64>,
 }
 
-/// Source addresses enough for `connections` to one broker: none below
-/// one address's share, otherwise 127.0.0.2, 127.0.0.3, ...
-pub fn loopback_sources(connections: u64) -> Vec<IpAddr> {
-    if connections <= CONNECTIONS_PER_SOURCE {
+/// Source addresses enough for a fleet of `devices` to one broker: none
+/// while one address's share suffices, otherwise 127.0.0.2, 127.0.0.3, ...
+/// Each device is counted twice: its claim connection, closed first by the
+/// device, holds its port in TIME_WAIT for a minute after.
+pub fn loopback_sources(devices: u64) -> Vec<IpAddr> {
+    let ports = 2 * devices;
+    if ports <= CONNECTIONS_PER_SOURCE {
         return Vec::new();
     }
-    let count = connections.div_ceil(CONNECTIONS_PER_SOURCE);
+    let count = ports.div_ceil(CONNECTIONS_PER_SOURCE).min(250);
     (0..count)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
         .collect()
@@ -214,11 +224,7 @@ impl FleetBench {
                 watch.rotated = follow(recorder, started, n, |s| s.rotations(), &mut None).await;
             }
             Then::Publish { seconds, .. } => {
-                let before = recorder.snapshot().completed(Op::Publish);
-                let from = Instant::now();
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                let sent = recorder.snapshot().completed(Op::Publish) - before;
-                watch.telemetry = Some(sent as f64 / from.elapsed().as_secs_f64());
+                watch.telemetry = Some(publish_window(recorder, seconds).await);
             }
             Then::Idle => {}
         }
@@ -263,14 +269,33 @@ impl FleetBench {
             provisioning_vs_ceiling: ratio(provisioning, |c| c.provisionings_per_second),
             rotations_per_second: rotations,
             rotation_vs_ceiling: ratio(rotations, |c| c.rotations_per_second),
-            telemetry_messages_per_second: watch.telemetry,
+            telemetry_messages_per_second: watch.telemetry.as_ref().map(|w| w.per_second),
+            telemetry_window: watch.telemetry,
             memory: Memory::between(watch.memory, watch.online, self.devices),
             ceiling,
+            ceiling_after: None,
             steps: steps(report),
             failures: report.failures.iter().map(|f| f.count).sum(),
             bricked: report.bricked,
             devices_failed: report.devices_failed,
         }
+    }
+}
+
+impl FleetResults {
+    /// Adds the ceiling measured after the fleet and takes the ratios
+    /// against the higher of the two measurements.
+    pub fn with_ceiling_after(mut self, after: CryptoCeiling) -> FleetResults {
+        let higher = |of: fn(&CryptoCeiling) -> f64| {
+            let before = self.ceiling.as_ref().map_or(0.0, of);
+            before.max(of(&after))
+        };
+        let provisioning = higher(|c| c.provisionings_per_second);
+        let rotation = higher(|c| c.rotations_per_second);
+        self.provisioning_vs_ceiling = self.provisioning_per_second.map(|r| r / provisioning);
+        self.rotation_vs_ceiling = self.rotations_per_second.map(|r| r / rotation);
+        self.ceiling_after = Some(after);
+        self
     }
 }
 
@@ -316,7 +341,37 @@ struct Watch {
     first_online: Option<f64>,
     provisioned: Progress,
     rotated: Progress,
-    telemetry: Option<f64>,
+    telemetry: Option<Window>,
+}
+
+/// The publishes acknowledged within one window of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub seconds: f64,
+    pub messages: u64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Lets the fleet publish for `seconds` and reads what was acknowledged in
+/// that time: the difference of the publish histogram across the window.
+async fn publish_window(recorder: &Recorder, seconds: f64) -> Window {
+    let before = recorder.histogram(Op::Publish);
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let mut inside = recorder.histogram(Op::Publish);
+    let elapsed = from.elapsed().as_secs_f64();
+    // `before` is a prefix of the same counts, so the subtraction cannot fail.
+    let _ = inside.subtract(&before);
+    let ms = |q: f64| inside.value_at_quantile(q) as f64 / 1000.0;
+    Window {
+        seconds: elapsed,
+        messages: inside.len(),
+        per_second: inside.len() as f64 / elapsed,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+    }
 }
 
 /// When a count passed 10%, 90% and 100% of its goal, in seconds from the
@@ -387,9 +442,9 @@ mod tests {
 
     #[test]
     fn one_source_address_serves_a_small_fleet_and_a_large_one_gets_several() {
-        assert!(loopback_sources(20_000).is_empty());
+        assert!(loopback_sources(10_000).is_empty());
         let sources = loopback_sources(100_000);
-        assert_eq!(sources.len(), 4);
+        assert_eq!(sources.len(), 8);
         assert_eq!(sources[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     }
 

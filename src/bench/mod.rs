@@ -57,8 +57,9 @@ pub async fn ceiling(key_exchange: KeyExchange, seconds: f64) -> Result<CryptoCe
 }
 
 /// Provisioning and a rotation wave, with the ceiling measured just before
-/// in the same process. Without a `rate`, devices arrive at 80% of the
-/// ceiling, which a fleetsim that reaches its target keeps up with.
+/// and just after in the same process (the ratios take the higher). Without
+/// a `rate`, devices arrive at 80% of the first ceiling, which a fleetsim
+/// that reaches its target keeps up with.
 pub async fn provision(
     devices: u64,
     rate: Option<f64>,
@@ -72,7 +73,9 @@ pub async fn provision(
         then: Then::Rotate,
         standalone: None,
     };
-    bench.run(Some(ceiling)).await
+    let results = bench.run(Some(ceiling)).await?;
+    let after = self::ceiling(KeyExchange::default(), ceiling_seconds).await?;
+    Ok(results.with_ceiling_after(after))
 }
 
 /// Memory of an idle online fleet with the emulator in its own process, so
@@ -91,20 +94,37 @@ pub async fn memory(devices: u64, rate: f64) -> Result<FleetResults, BenchError>
     results
 }
 
-/// QoS 1 telemetry through the in-process emulator from an online fleet.
+/// QoS 1 telemetry from an online fleet, through the in-process emulator
+/// or, with `standalone`, through a `fleetsim emulator` child process (which
+/// halves the open files this process needs).
 pub async fn telemetry(
     devices: u64,
     rate: f64,
     interval: Duration,
     seconds: f64,
+    standalone: bool,
 ) -> Result<FleetResults, BenchError> {
+    let then = Then::Publish { interval, seconds };
+    if !standalone {
+        let bench = FleetBench {
+            devices,
+            rate,
+            then,
+            standalone: None,
+        };
+        return bench.run(None).await;
+    }
+    let state = TempDir::new()?;
+    let emulator = EmulatorProcess::start(state.path()).await?;
     let bench = FleetBench {
         devices,
         rate,
-        then: Then::Publish { interval, seconds },
-        standalone: None,
+        then,
+        standalone: Some((state.path().to_owned(), emulator.pid())),
     };
-    bench.run(None).await
+    let results = bench.run(None).await;
+    emulator.stop().await;
+    results
 }
 
 /// Writes `results` as pretty JSON to `path`, creating its folder.

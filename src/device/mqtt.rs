@@ -34,6 +34,11 @@ use crate::observe::FailureReason;
 /// Largest packet either side may send; AWS's payload limit is 128 KiB.
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 
+/// Initial read and write buffer of a connection. An idle device holds its
+/// connection for hours, so the buffers start at the size of a telemetry
+/// message and grow only for the few larger packets (provisioning replies).
+const INITIAL_BUFFER_BYTES: usize = 512;
+
 type Wire = Framed<TlsStream<TcpStream>, Codec>;
 
 /// Where the broker listens, and the name its certificate carries.
@@ -97,19 +102,19 @@ impl SessionError {
     }
 }
 
+/// What the driver tells the device. Kept small: a channel allocates room
+/// for 32 of them per connection up front, whatever it carries.
 enum Notice {
     SubAck(u16),
     PubAck(u16),
-    Message {
-        topic: String,
-        payload: bytes::Bytes,
-    },
+    Message(Box<(String, bytes::Bytes)>),
     Closed(SessionError),
 }
 
 /// A live connection. Dropping it stops the driver and closes the socket.
 pub struct Session {
-    outgoing: mpsc::UnboundedSender<Packet>,
+    /// Boxed, so that the channel's up-front block stays small.
+    outgoing: mpsc::UnboundedSender<Box<Packet>>,
     notices: mpsc::UnboundedReceiver<Notice>,
     driver: tokio::task::JoinHandle<()>,
     step_timeout: Duration,
@@ -153,13 +158,11 @@ impl Session {
         let deadline = Instant::now() + settings.step_timeout;
         let tcp = open_tcp(settings, deadline).await?;
         let stream = handshake(&settings.endpoint, tcp, tls, deadline).await?;
-        let mut wire = Framed::new(
-            stream,
-            Codec {
-                max_incoming_size: MAX_PACKET_BYTES,
-                max_outgoing_size: MAX_PACKET_BYTES,
-            },
-        );
+        let codec = Codec {
+            max_incoming_size: MAX_PACKET_BYTES,
+            max_outgoing_size: MAX_PACKET_BYTES,
+        };
+        let mut wire = Framed::with_capacity(stream, codec, INITIAL_BUFFER_BYTES);
         let deadline = Instant::now() + settings.step_timeout;
         mqtt_connect(&mut wire, client_id, settings.keep_alive, deadline).await?;
         let (outgoing, queued) = mpsc::unbounded_channel();
@@ -227,13 +230,13 @@ impl Session {
                 .await
                 .map_err(|_| SessionError::timeout("provisioning reply"))?;
             match notice {
-                Some(Notice::Message { topic, payload }) if topic == accepted => {
-                    return Ok(Ok(payload));
+                Some(Notice::Message(message)) if message.0 == accepted => {
+                    return Ok(Ok(message.1));
                 }
-                Some(Notice::Message { topic, payload }) if topic == rejected => {
-                    return Ok(Err(payload));
+                Some(Notice::Message(message)) if message.0 == rejected => {
+                    return Ok(Err(message.1));
                 }
-                Some(Notice::Message { topic, payload }) => self.hold(topic, payload),
+                Some(Notice::Message(message)) => self.hold(*message),
                 Some(Notice::Closed(error)) => return Err(error),
                 None => return Err(closed()),
                 Some(_) => {}
@@ -241,11 +244,11 @@ impl Session {
         }
     }
 
-    fn hold(&mut self, topic: String, payload: bytes::Bytes) {
+    fn hold(&mut self, message: (String, bytes::Bytes)) {
         if self.held.len() == MAX_HELD {
             self.held.pop_front();
         }
-        self.held.push_back((topic, payload));
+        self.held.push_back(message);
     }
 
     /// The next message delivered to this connection within `wait`, if any.
@@ -260,7 +263,7 @@ impl Session {
         loop {
             match timeout_at(deadline, self.notices.recv()).await {
                 Err(_) => return Ok(None),
-                Ok(Some(Notice::Message { topic, payload })) => return Ok(Some((topic, payload))),
+                Ok(Some(Notice::Message(message))) => return Ok(Some(*message)),
                 Ok(Some(Notice::Closed(error))) => return Err(error),
                 Ok(None) => return Err(closed()),
                 Ok(Some(_)) => {}
@@ -273,7 +276,7 @@ impl Session {
         while let Ok(notice) = self.notices.try_recv() {
             match notice {
                 Notice::Closed(error) => return Some(error),
-                Notice::Message { topic, payload } => self.hold(topic, payload),
+                Notice::Message(message) => self.hold(*message),
                 _ => {}
             }
         }
@@ -308,7 +311,7 @@ impl Session {
     }
 
     fn send(&self, packet: Packet) -> Result<(), SessionError> {
-        self.outgoing.send(packet).map_err(|_| closed())
+        self.outgoing.send(Box::new(packet)).map_err(|_| closed())
     }
 
     async fn wait_for(
@@ -323,7 +326,7 @@ impl Session {
                 .map_err(|_| SessionError::timeout(what))?;
             match notice {
                 Some(n) if wanted(&n) => return Ok(()),
-                Some(Notice::Message { topic, payload }) => self.hold(topic, payload),
+                Some(Notice::Message(message)) => self.hold(*message),
                 Some(Notice::Closed(error)) => return Err(error),
                 None => return Err(closed()),
                 Some(_) => {}
@@ -440,7 +443,7 @@ async fn mqtt_connect(
 /// period [MQTT-3.1.2-23].
 async fn drive(
     mut wire: Wire,
-    mut queued: mpsc::UnboundedReceiver<Packet>,
+    mut queued: mpsc::UnboundedReceiver<Box<Packet>>,
     notices: mpsc::UnboundedSender<Notice>,
     keep_alive: Duration,
 ) {
@@ -450,8 +453,8 @@ async fn drive(
         tokio::select! {
             packet = queued.recv() => {
                 let Some(packet) = packet else { return };
-                let leaving = matches!(packet, Packet::Disconnect);
-                if let Err(error) = wire.send(packet).await {
+                let leaving = matches!(*packet, Packet::Disconnect);
+                if let Err(error) = wire.send(*packet).await {
                     break classify(&error);
                 }
                 if leaving {
@@ -504,10 +507,7 @@ async fn answer(wire: &mut Wire, packet: Packet) -> Result<Option<Notice>, Sessi
                 let ack = Packet::PubAck(PubAck::new(publish.pkid));
                 wire.send(ack).await.map_err(|e| classify(&e))?;
             }
-            Notice::Message {
-                topic: publish.topic,
-                payload: publish.payload,
-            }
+            Notice::Message(Box::new((publish.topic, publish.payload)))
         }
         _ => return Ok(None),
     };

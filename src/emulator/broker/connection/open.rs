@@ -21,6 +21,11 @@ use crate::emulator::policy::{Action, CertificateFields};
 use crate::emulator::tls::{self, Refusal};
 use crate::emulator::topic;
 
+/// Initial read and write buffer of a connection: most connections idle
+/// between small packets for hours, so buffers start small and grow only for
+/// a larger packet.
+const INITIAL_BUFFER_BYTES: usize = 512;
+
 /// Who is on the other end of the TLS connection, read once at the handshake.
 pub(super) struct PeerCertificate {
     pub(super) id: String,
@@ -60,7 +65,8 @@ async fn accept_tls(
     let fields = CertificateFields::from_der(der)
         .inspect_err(|error| debug!(%error, "certificate variables unavailable"))
         .ok();
-    let wire = Framed::new(stream, MqttCodec::new(shared.config.max_packet_size));
+    let codec = MqttCodec::new(shared.config.max_packet_size);
+    let wire = Framed::with_capacity(stream, codec, INITIAL_BUFFER_BYTES);
     Some((wire, PeerCertificate { id, fields }))
 }
 
