@@ -80,7 +80,7 @@ fn unknown_keys_are_named_with_a_suggestion_and_the_accepted_ones() {
     check(&[
         (
             appended("fleets:\n  size: 1\n"),
-            "F:8:1: fleets: unknown field; did you mean `fleet`? accepted fields: name, target, fleet, arrival, provisioning, clock, certificates, rotation, telemetry, run, credentials, slo",
+            "F:8:1: fleets: unknown field; did you mean `fleet`? accepted fields: name, target, fleet, arrival, provisioning, clock, certificates, rotation, telemetry, run, credentials, slo, faults, pacing",
         ),
         (
             with("duration: 10s", "duraton: 10s"),
