@@ -668,8 +668,8 @@ fn run(
             config.prefix
         );
         if !yes && !confirm("start the run?") {
-            println!("not confirmed: nothing started");
-            return ExitCode::SUCCESS;
+            // Not 0: a CI job without --yes must not pass a run that never ran.
+            return cannot("not confirmed: nothing started (pass --yes to run without asking)");
         }
         options.aws_target = Some(config);
     }
