@@ -192,6 +192,7 @@ enum BenchKind {
     /// Provision a fleet with the emulator in-process, hold it idle, then
     /// rotate every certificate once; the ceiling is measured first.
     Provision {
+        /// Simulated devices in the fleet.
         #[arg(long, default_value_t = 1000)]
         devices: u64,
         /// Arrivals per second (default: 80% of the measured ceiling).
@@ -203,15 +204,19 @@ enum BenchKind {
     },
     /// Memory of an online idle fleet, the emulator in its own process.
     Memory {
+        /// Simulated devices in the fleet.
         #[arg(long, default_value_t = 1000)]
         devices: u64,
+        /// Arrivals per second.
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
     },
     /// QoS 1 telemetry through the in-process emulator.
     Telemetry {
+        /// Simulated devices in the fleet.
         #[arg(long, default_value_t = 10_000)]
         devices: u64,
+        /// Arrivals per second.
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
         /// Time between two messages of one device.
@@ -235,6 +240,7 @@ enum BenchKind {
     /// The same fleet against a standalone emulator and against mosquitto
     /// (mutual TLS, same CA and certificates): connect and publish only.
     Mosquitto {
+        /// Simulated devices in the fleet.
         #[arg(long, default_value_t = 1000)]
         devices: u64,
         /// QoS 1 messages each device publishes.
@@ -289,7 +295,8 @@ struct EmulatorArgs {
     /// Where the CA, the registry, the claim credentials and emulator.json live.
     #[arg(long, default_value = "emulator-state")]
     state_dir: PathBuf,
-    /// Real lifetime of the certificates the emulator issues (250ms, 10m, 30d, ...).
+    /// Real lifetime of the certificates the emulator issues (2s, 10m, 30d, ...;
+    /// at least 2s).
     #[arg(long, default_value = "365d", value_parser = parse_validity)]
     certificate_validity: Duration,
     /// Provisioning template to create and name in emulator.json.
@@ -710,8 +717,8 @@ fn run(
             config.prefix
         );
         if !yes && !confirm("start the run?") {
-            println!("not confirmed: nothing started");
-            return ExitCode::SUCCESS;
+            // Not 0: a CI job without --yes must not pass a run that never ran.
+            return cannot("not confirmed: nothing started (pass --yes to run without asking)");
         }
         options.aws_target = Some(config);
     }
@@ -964,5 +971,6 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -75,6 +75,22 @@ fn a_missing_scenario_file_cannot_start() {
 }
 
 #[test]
+fn a_metrics_address_in_use_cannot_start_and_says_so_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "small.yaml", SMALL);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = fleetsim(&["run", &file, "--metrics", &addr], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for metrics on {addr}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn ctrl_c_stops_the_run_and_still_writes_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "small.yaml", SMALL);

@@ -139,19 +139,32 @@ fn start_exporter(addr: SocketAddr) -> Result<MetricsHandle, ObserveError> {
         .enable_all()
         .build()
         .map_err(ObserveError::ExporterThread)?;
-    let (recorder, exporter) = {
+    let built = {
         let _entered = runtime.enter();
-        builder(addr)?
-            .build()
-            .map_err(|error| build_error(addr, error))?
+        builder(addr).and_then(|b| b.build().map_err(|error| build_error(addr, error)))
+    };
+    let (recorder, exporter) = match built {
+        Ok(parts) => parts,
+        Err(error) => return Err(abandon(runtime, error)),
     };
     let prometheus = recorder.handle();
-    ::metrics::set_global_recorder(recorder).map_err(|_| ObserveError::RecorderTaken)?;
+    if ::metrics::set_global_recorder(recorder).is_err() {
+        drop(exporter);
+        return Err(abandon(runtime, ObserveError::RecorderTaken));
+    }
     std::thread::Builder::new()
         .name("fleetsim-metrics".into())
         .spawn(move || runtime.block_on(exporter))
         .map_err(ObserveError::ExporterThread)?;
     Ok(MetricsHandle { addr, prometheus })
+}
+
+/// Drops the exporter's unused runtime without blocking: the caller may be
+/// inside another runtime (`fleetsim run` is), where a plain drop panics,
+/// and a port in use must be an error, not a crash.
+fn abandon(runtime: tokio::runtime::Runtime, error: ObserveError) -> ObserveError {
+    runtime.shutdown_background();
+    error
 }
 
 fn builder(addr: SocketAddr) -> Result<PrometheusBuilder, ObserveError> {
