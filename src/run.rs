@@ -130,6 +130,7 @@ pub async fn execute(
             "target `aws` needs the target description `fleetsim setup` writes (certs/aws/target.json); pass --target-config".into(),
         ));
     }
+    check_source_addresses(&options.source_addresses)?;
     let metrics_handle = match options.metrics {
         Some(addr) => Some(
             metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?,
@@ -467,6 +468,21 @@ fn warn_on_validity_mismatch(scenario: &Scenario, info: &EmulatorInfo) {
              (restart it with --certificate-validity to match)"
         );
     }
+}
+
+/// A source address must be one of this machine's. Binding it is the check
+/// the operating system would otherwise make at every device's connect,
+/// where it would show up only as connection failures.
+fn check_source_addresses(addresses: &[std::net::IpAddr]) -> Result<(), RunError> {
+    for address in addresses {
+        std::net::TcpListener::bind((*address, 0)).map_err(|e| {
+            RunError::CannotStart(format!(
+                "source address {address} cannot be used: {e} (it must be assigned to one of \
+                 this machine's interfaces)"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Starts the in-process emulator. It returns the configuration that

@@ -91,6 +91,27 @@ fn a_metrics_address_in_use_cannot_start_and_says_so_instead_of_panicking() {
 }
 
 #[test]
+fn a_source_address_not_on_this_machine_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "small.yaml", SMALL);
+    // 192.0.2.0/24 is reserved for documentation: no machine has it.
+    let args = [
+        "run",
+        &file,
+        "--no-metrics",
+        "--source-addresses",
+        "192.0.2.1",
+    ];
+    let out = fleetsim(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("source address 192.0.2.1 cannot be used"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn ctrl_c_stops_the_run_and_still_writes_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "small.yaml", SMALL);
