@@ -21,7 +21,7 @@ use fleetsim::provisioning::{
     create_from_csr_topic, create_keys_topic, register_thing_topic_in,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use support::{TEMPLATE, Target, configured_emulator_with};
+use support::{TEMPLATE, Target, call, configured_emulator_with, decode, replies};
 
 const HOOK_ARN: &str = "arn:aws:lambda:us-east-1:123456789012:function:hostile-hook";
 const REQUESTS: &str = "fleetsim_emulator_provisioning_requests_total";
@@ -59,10 +59,6 @@ async fn target() -> Target {
     configured_emulator_with(config(Arc::default())).await
 }
 
-fn replies(topic: &str) -> [String; 2] {
-    [format!("{topic}/accepted"), format!("{topic}/rejected")]
-}
-
 async fn claim_session(target: &Target, client_id: &str) -> Session {
     let mut session = target.connect_claim(client_id).await;
     // One SUBSCRIBE per format: AWS allows 8 filters in one.
@@ -78,21 +74,6 @@ async fn claim_session(target: &Target, client_id: &str) -> Session {
         session.subscribe(&filters).await.expect("reply topics");
     }
     session
-}
-
-/// Publishes raw `payload` on `topic`: `Ok` the accepted body, `Err` the rejection.
-async fn call(session: &mut Session, topic: &str, payload: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
-    let [accepted, rejected] = replies(topic);
-    session
-        .request(topic, payload, &accepted, &rejected)
-        .await
-        .expect("the service answers on the same connection")
-        .map(|body| body.to_vec())
-        .map_err(|body| body.to_vec())
-}
-
-fn decode<T: serde::de::DeserializeOwned>(format: PayloadFormat, bytes: &[u8]) -> T {
-    fleetsim::emulator::fleet_provisioning::format::decode(format, bytes).expect("decodable")
 }
 
 /// A request that must be rejected; returns the rejection.

@@ -18,7 +18,7 @@ use fleetsim::provisioning::{
     PayloadFormat, RegisterThingResponse, create_from_csr_topic, create_keys_topic,
     register_thing_topic_in,
 };
-use support::{TEMPLATE, Target, configured_emulator_with};
+use support::{TEMPLATE, Target, call, configured_emulator_with, decode, replies};
 
 const VALIDITY: Duration = Duration::from_secs(600);
 const HOOK_ARN: &str = "arn:aws:lambda:us-east-1:123456789012:function:fleet-hook";
@@ -28,10 +28,6 @@ fn config() -> EmulatorConfig {
         certificate_validity: VALIDITY,
         ..EmulatorConfig::default()
     }
-}
-
-fn replies(topic: &str) -> [String; 2] {
-    [format!("{topic}/accepted"), format!("{topic}/rejected")]
 }
 
 async fn claim_session(target: &Target, client_id: &str, format: PayloadFormat) -> Session {
@@ -53,21 +49,6 @@ async fn claim_session(target: &Target, client_id: &str, format: PayloadFormat) 
 
 fn encode<T: serde::Serialize>(format: PayloadFormat, value: &T) -> Vec<u8> {
     fleetsim::emulator::fleet_provisioning::format::encode(format, value)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(format: PayloadFormat, bytes: &[u8]) -> T {
-    fleetsim::emulator::fleet_provisioning::format::decode(format, bytes).expect("decodable reply")
-}
-
-/// Publishes `payload` on `topic`; `Ok` is the accepted body, `Err` the rejection.
-async fn call(session: &mut Session, topic: &str, payload: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
-    let [accepted, rejected] = replies(topic);
-    session
-        .request(topic, payload, &accepted, &rejected)
-        .await
-        .expect("the service answers on the same connection")
-        .map(|body| body.to_vec())
-        .map_err(|body| body.to_vec())
 }
 
 async fn create_keys(

@@ -221,11 +221,7 @@ impl ControlPlane {
             .send()
             .await
             .map_err(|e| ControlError::from_sdk(OPERATION, "claim certificate", e))?;
-        let missing = |field: &str| ControlError::Protocol {
-            operation: OPERATION,
-            resource: "claim certificate".to_owned(),
-            cause: format!("{field} missing from the answer"),
-        };
+        let missing = |field: &str| claim_field_missing(OPERATION, field);
         let key = output
             .key_pair
             .and_then(|pair| pair.private_key)
@@ -259,11 +255,7 @@ impl ControlPlane {
             .send()
             .await
             .map_err(|e| ControlError::from_sdk(OPERATION, "claim certificate", e))?;
-        let missing = |field: &str| ControlError::Protocol {
-            operation: OPERATION,
-            resource: "claim certificate".to_owned(),
-            cause: format!("{field} missing from the answer"),
-        };
+        let missing = |field: &str| claim_field_missing(OPERATION, field);
         Ok(ClaimCertificate {
             id: output
                 .certificate_id
@@ -322,4 +314,13 @@ fn claim_key_and_csr() -> Result<(String, String), ControlError> {
         .push(DnType::CommonName, "fleetsim claim");
     let csr = params.serialize_request(&key).map_err(fault)?;
     Ok((key.serialize_pem(), csr.pem().map_err(fault)?))
+}
+
+/// A claim-certificate answer without a field the service always sends.
+fn claim_field_missing(operation: &'static str, field: &str) -> ControlError {
+    ControlError::Protocol {
+        operation,
+        resource: "claim certificate".to_owned(),
+        cause: format!("{field} missing from the answer"),
+    }
 }

@@ -102,6 +102,11 @@ impl Device {
         &mut self,
         session: &mut Session,
     ) -> Result<Issued, (Op, SessionError)> {
+        let api = match self.ctx.method {
+            ProvisioningMethod::CsrEcP256 => create_from_csr::REQUEST,
+            ProvisioningMethod::CreateKeysRsa => create_keys::REQUEST,
+        };
+        self.ctx.pacer.create_certificate(api).await;
         match self.ctx.method {
             ProvisioningMethod::CsrEcP256 => self.request_from_csr(session).await,
             ProvisioningMethod::CreateKeysRsa => self.request_keys(session).await,
@@ -115,10 +120,6 @@ impl Device {
         session: &mut Session,
     ) -> Result<Issued, (Op, SessionError)> {
         let op = Op::CreateCertificate;
-        self.ctx
-            .pacer
-            .create_certificate(create_keys::REQUEST)
-            .await;
         let started = Instant::now();
         let reply: CreateKeysAndCertificateResponse = exchange(
             session,
@@ -145,10 +146,6 @@ impl Device {
         session: &mut Session,
     ) -> Result<Issued, (Op, SessionError)> {
         let op = Op::CreateCertificate;
-        self.ctx
-            .pacer
-            .create_certificate(create_from_csr::REQUEST)
-            .await;
         let started = Instant::now();
         let key = generate_key_and_csr(&self.serial).map_err(|e| {
             (

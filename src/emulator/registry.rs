@@ -603,11 +603,8 @@ impl Registry {
             });
         }
         if !thing.principals.is_empty() {
-            return Err(RegistryError::DeleteConflict {
-                kind: "thing",
-                id: name.to_owned(),
-                reason: "it is still attached to one or more principals".into(),
-            });
+            let reason = "it is still attached to one or more principals";
+            return Err(delete_conflict("thing", name, reason));
         }
         state.things.remove(name);
         self.record(|| Change::ThingRemoved {
@@ -688,10 +685,7 @@ impl Registry {
             })?;
         let mut state = self.lock();
         if state.policies.contains_key(name) {
-            return Err(RegistryError::AlreadyExists {
-                kind: "policy",
-                id: name.to_owned(),
-            });
+            return Err(already_exists("policy", name));
         }
         let record = PolicyRecord {
             name: name.to_owned(),
@@ -716,11 +710,8 @@ impl Registry {
             .values()
             .any(|c| c.policies.contains(name))
         {
-            return Err(RegistryError::DeleteConflict {
-                kind: "policy",
-                id: name.to_owned(),
-                reason: "the policy is attached to one or more principals".into(),
-            });
+            let reason = "the policy is attached to one or more principals";
+            return Err(delete_conflict("policy", name, reason));
         }
         state.policies.remove(name);
         self.record(|| Change::PolicyRemoved {
@@ -803,10 +794,7 @@ impl Registry {
     ) -> Result<TemplateRecord, RegistryError> {
         let mut state = self.lock();
         if state.templates.contains_key(name) {
-            return Err(RegistryError::AlreadyExists {
-                kind: "provisioning template",
-                id: name.to_owned(),
-            });
+            return Err(already_exists("provisioning template", name));
         }
         let now = SystemTime::now();
         let record = TemplateRecord {
@@ -868,6 +856,21 @@ impl Registry {
             }
             None => Err(not_found("provisioning template", name)),
         }
+    }
+}
+
+fn already_exists(kind: &'static str, id: &str) -> RegistryError {
+    RegistryError::AlreadyExists {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+fn delete_conflict(kind: &'static str, id: &str, reason: &str) -> RegistryError {
+    RegistryError::DeleteConflict {
+        kind,
+        id: id.to_owned(),
+        reason: reason.to_owned(),
     }
 }
 

@@ -97,4 +97,34 @@ impl Target {
 pub async fn configured(config: EmulatorConfig) -> Target {
     configured_emulator_with(config).await
 }
+// ---- Fleet Provisioning exchanges ----
+
+/// The accepted and rejected reply topics of a request topic.
+pub fn replies(topic: &str) -> [String; 2] {
+    [format!("{topic}/accepted"), format!("{topic}/rejected")]
+}
+
+/// Publishes raw `payload` on `topic`: `Ok` the accepted body, `Err` the rejection.
+pub async fn call(
+    session: &mut Session,
+    topic: &str,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let [accepted, rejected] = replies(topic);
+    session
+        .request(topic, payload, &accepted, &rejected)
+        .await
+        .expect("the service answers on the same connection")
+        .map(|body| body.to_vec())
+        .map_err(|body| body.to_vec())
+}
+
+/// A reply body in `format`.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    format: fleetsim::provisioning::PayloadFormat,
+    bytes: &[u8],
+) -> T {
+    fleetsim::emulator::fleet_provisioning::format::decode(format, bytes).expect("decodable reply")
+}
+
 pub mod standalone;

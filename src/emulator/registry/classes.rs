@@ -12,7 +12,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Registry, RegistryError, State, ThingProperties, not_found, random_id};
+use super::{
+    Registry, RegistryError, State, ThingProperties, already_exists, delete_conflict, not_found,
+    random_id,
+};
 use crate::emulator::persist::Change;
 
 /// AWS allows at most this many attributes on a thing without a thing type.
@@ -366,19 +369,4 @@ fn members_of(state: &State, group: &str) -> Vec<String> {
         .map(|t| t.name.clone())
         .collect();
     members.into_iter().collect()
-}
-
-fn already_exists(kind: &'static str, id: &str) -> RegistryError {
-    RegistryError::AlreadyExists {
-        kind,
-        id: id.to_owned(),
-    }
-}
-
-fn delete_conflict(kind: &'static str, id: &str, reason: &str) -> RegistryError {
-    RegistryError::DeleteConflict {
-        kind,
-        id: id.to_owned(),
-        reason: reason.to_owned(),
-    }
 }
