@@ -12,6 +12,7 @@ pub mod device;
 pub mod emulator;
 pub mod fleet;
 pub mod identity;
+pub mod lanes;
 pub mod observe;
 pub mod pacing;
 pub mod provisioning;

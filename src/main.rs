@@ -91,6 +91,11 @@ enum Command {
         /// second, as `fleetsim emulator --quota`.
         #[arg(long = "emulator-quota", value_name = "NAME=RATE")]
         emulator_quotas: Vec<String>,
+        /// Spread the fleet's sockets over N threads with descriptor tables
+        /// of their own, each up to the open-file limit (default: as many
+        /// as the limit requires, none when the fleet fits; 0: none).
+        #[arg(long, value_name = "N")]
+        lanes: Option<usize>,
     },
     /// Work with run reports.
     Report {
@@ -262,6 +267,18 @@ impl BenchKind {
         PathBuf::from("benches/results").join(format!("{name}.json"))
     }
 
+    /// Whether the benchmark's fleet can go over descriptor lanes: those
+    /// that are a `fleetsim run` can; the others open their sockets here.
+    fn spread(&self) -> Spread {
+        match self {
+            // The memory benchmark's emulator is a child process with one
+            // table; only fleets with the emulator in this process spread.
+            BenchKind::Provision { .. } => Spread::Lanes,
+            BenchKind::Telemetry { standalone, .. } if !*standalone => Spread::Lanes,
+            _ => Spread::OneTable,
+        }
+    }
+
     /// Open files the benchmark needs: a client and a server end for
     /// every device of an in-process fleet.
     fn open_files(&self) -> u64 {
@@ -376,6 +393,7 @@ fn main() -> ExitCode {
             target_config,
             yes,
             emulator_quotas,
+            lanes,
         } => {
             let emulator_quotas = match parse_quotas(&emulator_quotas) {
                 Ok(quotas) => quotas,
@@ -405,6 +423,7 @@ fn main() -> ExitCode {
                 recorder_tap: None,
                 aws_target: None,
                 emulator_quotas,
+                lanes,
             };
             run(&scenario, options, target_config, yes)
         }
@@ -690,7 +709,8 @@ fn run(
             return ExitCode::from(EXIT_CANNOT_START);
         }
     };
-    if let Err(error) = raise_open_file_limit(run_open_files(&scenario, &options)) {
+    let connections = fleetsim::run::connections_needed(&scenario, &options);
+    if let Err(error) = raise_open_file_limit(connections, Spread::Lanes) {
         eprintln!("error: {error}");
         return ExitCode::from(EXIT_CANNOT_START);
     }
@@ -747,7 +767,7 @@ fn run(
 }
 
 fn bench(kind: BenchKind, output: Option<PathBuf>) -> ExitCode {
-    if let Err(error) = raise_open_file_limit(kind.open_files()) {
+    if let Err(error) = raise_open_file_limit(kind.open_files(), kind.spread()) {
         eprintln!("error: {error}");
         return ExitCode::from(EXIT_CANNOT_START);
     }
@@ -809,15 +829,24 @@ fn to_json(results: impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(results).expect("invariant: benchmark results are plain data")
 }
 
+/// Whether a command can spread its sockets over descriptor lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spread {
+    Lanes,
+    OneTable,
+}
+
 /// Headroom for the listeners, the control plane, logs and the state
 /// directory beside the connections.
 const SPARE_OPEN_FILES: u64 = 1024;
 
 /// Raises this process's open-file limit to fit `connections` sockets.
 /// The soft limit goes up to the hard one; a root process may raise the
-/// hard limit too (up to the kernel's `fs.nr_open`). Anything less than
-/// needed is refused with what to do about it.
-fn raise_open_file_limit(connections: u64) -> Result<u64, String> {
+/// hard limit too (up to the kernel's `fs.nr_open`). Where the hard limit
+/// stays below what is needed, the run spreads its sockets over descriptor
+/// lanes (threads with tables of their own, `fleetsim::lanes`); only a fleet
+/// that even the most lanes cannot hold is refused, with what to do about it.
+fn raise_open_file_limit(connections: u64, lanes: Spread) -> Result<u64, String> {
     use rlimit::Resource;
     let wanted = connections + SPARE_OPEN_FILES;
     let (soft, hard) = Resource::NOFILE
@@ -832,25 +861,37 @@ fn raise_open_file_limit(connections: u64) -> Result<u64, String> {
             .map_err(|e| format!("cannot raise the open-file limit to {wanted}: {e}"))?;
         return Ok(wanted);
     }
-    Resource::NOFILE.set(wanted, wanted).map_err(|e| {
-        format!(
+    let refused = match Resource::NOFILE.set(wanted, wanted) {
+        Ok(()) => return Ok(wanted),
+        Err(refused) => refused,
+    };
+    Resource::NOFILE
+        .set(hard, hard)
+        .map_err(|e| format!("cannot raise the open-file limit to {hard}: {e}"))?;
+    match fleetsim::lanes::needed(connections, hard) {
+        _ if lanes == Spread::OneTable => Err(format!(
             "{connections} connections need about {wanted} open files, but the limit is \
-             {soft} (hard {hard}) and cannot be raised: {e}; raise it with `ulimit -n {wanted}` \
-             (as root) or in /etc/security/limits.conf, or split the fleet with --shard"
-        )
-    })?;
-    Ok(wanted)
-}
-
-/// Sockets a run opens at most: one per device, and the emulator's end of
-/// each when it runs inside this process.
-fn run_open_files(scenario: &Scenario, options: &RunOptions) -> u64 {
-    let devices = scenario
-        .fleet
-        .size
-        .div_ceil(u64::from(options.shard.count.max(1)));
-    let ends = if options.emulator.is_none() { 2 } else { 1 };
-    devices * ends
+             {soft} (hard {hard}) and cannot be raised: {refused}; raise it with `ulimit -n \
+             {wanted}` (as root) or in /etc/security/limits.conf"
+        )),
+        None => Ok(hard),
+        Some(lanes) if lanes <= fleetsim::lanes::MAX_LANES => {
+            tracing::info!(
+                connections,
+                limit = hard,
+                lanes,
+                "the open-file limit cannot be raised ({refused}): connections go over descriptor lanes"
+            );
+            Ok(hard)
+        }
+        _ => Err(format!(
+            "{connections} connections need about {wanted} open files, but the limit is \
+             {soft} (hard {hard}) and cannot be raised: {refused}; even {} descriptor lanes \
+             of {hard} would not hold them; raise it with `ulimit -n {wanted}` (as root) or \
+             in /etc/security/limits.conf, or split the fleet with --shard",
+            fleetsim::lanes::MAX_LANES
+        )),
+    }
 }
 
 /// Connections a standalone emulator makes room for; fewer is a warning,
@@ -861,7 +902,7 @@ const STANDALONE_CONNECTIONS: u64 = 256 * 1024;
 /// as many open files as it may, and says how many connections fit only
 /// when that is fewer than it makes room for.
 fn make_room_for_connections() {
-    if raise_open_file_limit(STANDALONE_CONNECTIONS).is_ok() {
+    if raise_open_file_limit(STANDALONE_CONNECTIONS, Spread::OneTable).is_ok() {
         return;
     }
     use rlimit::Resource;

@@ -25,6 +25,7 @@ use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::lanes::{self, Lanes};
 use crate::observe::faults::{FailedDevices, FaultKind, FaultLog, FaultSection};
 use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
@@ -70,6 +71,10 @@ pub struct RunOptions {
     /// AWS's quotas for the in-process emulator to enforce (throttling
     /// offline); unlimited by default.
     pub emulator_quotas: crate::pacing::Quotas,
+    /// Descriptor lanes to spread the run's sockets over (see
+    /// [`crate::lanes`]); `None` starts as many as the open-file limit
+    /// requires, which is none while one descriptor table holds the fleet.
+    pub lanes: Option<usize>,
 }
 /// Where and how the web console is served.
 #[derive(Debug, Clone)]
@@ -102,6 +107,8 @@ pub struct RunSummary {
     pub emulator: Option<Emulator>,
     /// Where device credentials were written, with disk storage.
     pub credentials_dir: Option<PathBuf>,
+    /// Descriptor lanes the run spread its sockets over (0: none).
+    pub lanes: usize,
 }
 
 /// The names `setup` gives the resources of a run and of `fleetsim emulator`.
@@ -131,6 +138,9 @@ pub async fn execute(
         ));
     }
     check_source_addresses(&options.source_addresses)?;
+    // Before anything opens a socket: a lane keeps a copy of every
+    // descriptor open when it starts.
+    let lanes = start_lanes(scenario, options)?;
     let metrics_handle = match options.metrics {
         Some(addr) => Some(
             metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?,
@@ -142,8 +152,13 @@ pub async fn execute(
     let (mut emulator, target) = match (&options.aws_target, &options.emulator) {
         (Some(config), _) => (None, Target::aws(scenario, config).await?),
         (None, None) => {
-            let (emulator, config) =
-                start_emulator(scenario, emulator_faults.clone(), options.emulator_quotas).await?;
+            let (emulator, config) = start_emulator(
+                scenario,
+                emulator_faults.clone(),
+                options.emulator_quotas,
+                lanes.clone(),
+            )
+            .await?;
             restart_plan = scenario
                 .faults
                 .emulator_restart
@@ -217,8 +232,8 @@ pub async fn execute(
         options,
         Arc::clone(&context),
         &recorder,
-        interrupt,
-        stop,
+        (interrupt, stop),
+        lanes.as_ref(),
     )
     .await;
     let elapsed = started.elapsed();
@@ -245,6 +260,7 @@ pub async fn execute(
         outcomes,
         emulator,
         credentials_dir,
+        lanes: lanes.as_ref().map_or(0, Lanes::len),
     })
 }
 
@@ -493,6 +509,7 @@ async fn start_emulator(
     scenario: &Scenario,
     faults: Option<Arc<EmulatorFaults>>,
     quotas: crate::pacing::Quotas,
+    lanes: Option<Lanes>,
 ) -> Result<(Emulator, EmulatorConfig), RunError> {
     let state_dir = scenario.faults.emulator_restart.as_ref().map(|_| {
         let unique = format!("fleetsim-{}-{:016x}", scenario.name, rand::random::<u64>());
@@ -504,6 +521,10 @@ async fn start_emulator(
         key_pool_size: key_pool_size(scenario),
         faults,
         state_dir,
+        broker: emulator::broker::BrokerConfig {
+            lanes,
+            ..Default::default()
+        },
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config.clone())
@@ -803,8 +824,8 @@ async fn run_fleet(
     options: &RunOptions,
     context: Arc<DeviceContext>,
     recorder: &Arc<Recorder>,
-    interrupt: CancellationToken,
-    stop: CancellationToken,
+    (interrupt, stop): (CancellationToken, CancellationToken),
+    lanes: Option<&Lanes>,
 ) -> Vec<DeviceOutcome> {
     let progress = options
         .progress
@@ -821,12 +842,51 @@ async fn run_fleet(
         }
     });
     info!(run = %scenario.name, devices = plan.shard_size(), shard = %plan.shard, "fleet starting");
-    let outcomes = fleet::run(plan, context, Instant::now(), stop.clone()).await;
+    let outcomes = fleet::run(plan, context, Instant::now(), stop.clone(), lanes).await;
     timer.abort();
     if let Some(progress) = progress {
         progress.finish();
     }
     outcomes
+}
+
+/// Sockets a run holds at most: one per device of this shard, and the
+/// emulator's end of each when it runs inside this process, with a quarter
+/// more for rotations (a rotating device briefly holds its old connection,
+/// its new one and a refused one, and a revocation may open a control-plane
+/// connection).
+pub fn connections_needed(scenario: &Scenario, options: &RunOptions) -> u64 {
+    let devices = scenario
+        .fleet
+        .size
+        .div_ceil(u64::from(options.shard.count.max(1)));
+    let in_process = options.emulator.is_none() && options.aws_target.is_none();
+    let ends = if in_process { 2 } else { 1 };
+    devices * ends + devices / 4
+}
+
+/// Starts the descriptor lanes the run asks for, or those the open-file
+/// limit makes necessary for its connections.
+fn start_lanes(scenario: &Scenario, options: &RunOptions) -> Result<Option<Lanes>, RunError> {
+    let count = match options.lanes {
+        Some(0) => return Ok(None),
+        Some(count) => count,
+        None => {
+            let (limit, _) = rlimit::Resource::NOFILE.get().map_err(|e| {
+                RunError::CannotStart(format!("cannot read the open-file limit: {e}"))
+            })?;
+            match lanes::needed(connections_needed(scenario, options), limit) {
+                Some(count) => count,
+                None => return Ok(None),
+            }
+        }
+    };
+    let started = Lanes::start(count).map_err(|e| RunError::CannotStart(e.to_string()))?;
+    info!(
+        lanes = count,
+        "the fleet's sockets are spread over descriptor lanes of their own"
+    );
+    Ok(Some(started))
 }
 
 /// Proves, from the outside, what every device left behind: its current

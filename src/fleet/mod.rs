@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::device::{DeviceContext, DeviceOutcome, task};
+use crate::lanes::Lanes;
 use crate::scenario::SerialPattern;
 
 pub use arrival::ArrivalSchedule;
@@ -63,12 +64,15 @@ impl FleetPlan {
 
 /// Spawns every device at its arrival time (measured from `start`) and
 /// waits for all of them. Cancelling `spawning` stops new arrivals; the
-/// devices themselves stop on the context's own token.
+/// devices themselves stop on the context's own token. With descriptor
+/// lanes, device `i` of the fleet lives on lane `i` modulo their number, so
+/// its sockets and files stay in that lane's descriptor table.
 pub async fn run(
     plan: &FleetPlan,
     context: Arc<DeviceContext>,
     start: Instant,
     spawning: CancellationToken,
+    lanes: Option<&Lanes>,
 ) -> Vec<DeviceOutcome> {
     let mut devices = JoinSet::new();
     for device in plan.devices() {
@@ -77,7 +81,11 @@ pub async fn run(
             _ = spawning.cancelled() => break,
             _ = sleep_until(due) => {}
         }
-        devices.spawn(task::run(Arc::clone(&context), device.serial, due));
+        let life = task::run(Arc::clone(&context), device.serial, due);
+        match lanes {
+            Some(lanes) => devices.spawn_on(life, lanes.handle(device.index)),
+            None => devices.spawn(life),
+        };
     }
     info!(devices = devices.len(), "arrivals finished");
     let mut outcomes = Vec::with_capacity(devices.len());

@@ -41,6 +41,7 @@ pub use session::KeepAliveClamp;
 
 use super::fleet_provisioning::FleetProvisioning;
 use super::registry::{CertificateEvent, CertificateStatus, Registry};
+use crate::lanes::Lanes;
 use parked::ParkedSessions;
 use retained::RetainedMessages;
 use router::{Eviction, Router};
@@ -76,6 +77,11 @@ pub struct BrokerConfig {
     /// How long after a certificate leaves ACTIVE its live connections are
     /// closed (AWS: "within a few minutes"; default immediately).
     pub deactivation_delay: Duration,
+    /// Descriptor lanes that accept connections beside the caller's runtime,
+    /// each on a listener of its own on the same port, so that the server
+    /// ends of a fleet larger than one descriptor table allows are spread
+    /// over the lanes' tables.
+    pub lanes: Option<Lanes>,
 }
 
 impl Default for BrokerConfig {
@@ -92,6 +98,7 @@ impl Default for BrokerConfig {
             session_expiry: Duration::from_secs(3600),
             topic_alias_maximum: 8,
             deactivation_delay: Duration::ZERO,
+            lanes: None,
         }
     }
 }
@@ -127,14 +134,16 @@ impl Shared {
 pub struct Broker;
 
 impl Broker {
-    /// Binds the listener and starts accepting; must be called inside a tokio runtime.
+    /// Binds the listener and starts accepting, on the calling runtime and on
+    /// every descriptor lane configured; must be called inside a tokio runtime.
     pub fn start(
         config: BrokerConfig,
         tls: Arc<ServerConfig>,
         registry: Arc<Registry>,
         provisioning: Arc<FleetProvisioning>,
     ) -> std::io::Result<BrokerHandle> {
-        let listener = listen(config.bind)?;
+        let shares_port = config.lanes.is_some();
+        let listener = listen(config.bind, shares_port)?;
         let local_addr = listener.local_addr()?;
         let events = registry.subscribe_events();
         let shared = Arc::new(Shared {
@@ -150,6 +159,13 @@ impl Broker {
         });
         let tracker = TaskTracker::new();
         tracker.spawn(accept_loop(listener, Arc::clone(&shared), tracker.clone()));
+        if let Some(lanes) = &shared.config.lanes
+            && let Err(error) = accept_on_lanes(lanes, local_addr, &shared, &tracker)
+        {
+            shared.shutdown.cancel();
+            tracker.close();
+            return Err(error);
+        }
         tracker.spawn(close_deactivated(events, Arc::clone(&shared)));
         tracker.spawn(expire_sessions(Arc::clone(&shared)));
         debug!(%local_addr, "broker listening");
@@ -167,15 +183,64 @@ impl Broker {
 const ACCEPT_BACKLOG: u32 = 4096;
 
 /// Binds the listener with a backlog that absorbs a fleet reconnecting at once.
-fn listen(bind: SocketAddr) -> std::io::Result<TcpListener> {
+/// Listeners that share a port (one per descriptor lane) each get a share of
+/// the incoming connections, by the kernel's hash of their addresses; only
+/// then is the port shared, so that a second broker on a taken port still
+/// fails to start.
+fn listen(bind: SocketAddr, shares_port: bool) -> std::io::Result<TcpListener> {
     let socket = if bind.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if shares_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(bind)?;
     socket.listen(ACCEPT_BACKLOG)
+}
+
+/// How long a lane may take to bind its listener.
+const LANE_LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts an accept loop on every lane, each on its own listener on the
+/// broker's port, bound from the lane's thread so that the listener and the
+/// connections it accepts live in that lane's descriptor table. Returns once
+/// every lane listens.
+fn accept_on_lanes(
+    lanes: &Lanes,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+) -> std::io::Result<()> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    for lane in lanes.handles() {
+        let (shared, tracker, bound) = (Arc::clone(shared), tracker.clone(), bound_tx.clone());
+        lane.spawn(tracker.clone().track_future(async move {
+            match listen(addr, true) {
+                Ok(listener) => {
+                    let _ = bound.send(Ok(()));
+                    accept_loop(listener, shared, tracker).await;
+                }
+                Err(error) => {
+                    let _ = bound.send(Err(error));
+                }
+            }
+        }));
+    }
+    for _ in lanes.handles() {
+        match bound_rx.recv_timeout(LANE_LISTEN_TIMEOUT) {
+            Ok(bound) => bound?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("a descriptor lane did not listen on {addr} in time"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A running broker. Dropping it stops the broker too, without waiting.
