@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fleetsim::identity::store::CredentialStore;
 use fleetsim::lanes::Lanes;
+use fleetsim::observe::faults::FaultKind;
 use fleetsim::observe::{DeviceState, Recorder};
 use fleetsim::run::{RunOptions, connections_needed, execute};
 use fleetsim::scenario::Scenario;
@@ -183,4 +184,81 @@ async fn each_lane_fills_a_table_of_its_own_up_to_the_limit() {
         in_lanes + here_count > 3 * LIMIT,
         "{in_lanes} in the lanes and {here_count} here: more than three limits' worth at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_drops_and_an_emulator_restart_keep_every_identity_across_lanes() {
+    lower_open_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    // 30-day certificates last 6 real seconds and are renewed 4 s after
+    // issue; devices crash, lose connections at the named steps, and the
+    // emulator (accepting on every lane) goes down for a second.
+    let yaml = format!(
+        r#"
+name: lanefaults
+fleet:
+  size: 30
+  serial_pattern: "lf-{{seq:03}}"
+arrival:
+  rate: 6/s
+clock:
+  speedup: 432000
+certificates:
+  validity: 30d
+rotation:
+  check_every: 12h
+  renew_before: 10d
+  jitter: 6h
+telemetry:
+  interval: 500ms
+  qos: 1
+run:
+  duration: 16s
+  step_timeout: 5s
+  backoff_base: 50ms
+  backoff_max: 500ms
+  max_attempts: 12
+credentials:
+  storage: disk
+  dir: "{}"
+faults:
+  crash:
+    rate: 20/min
+    max_per_device: 3
+  drops:
+    rate: 0.02
+    at: [after_certificate, after_store, after_reconnect]
+  emulator_restart:
+    at: 5s
+    down_for: 1s
+"#,
+        dir.path().display()
+    );
+    let scenario = Scenario::parse(&yaml, Path::new("lanefaults.yaml")).unwrap();
+    let options = RunOptions {
+        lanes: Some(3),
+        ..RunOptions::default()
+    };
+    let summary = execute(&scenario, &options, CancellationToken::new())
+        .await
+        .expect("the run starts");
+    let report = &summary.report;
+    println!("{}", report.render_table());
+
+    assert_eq!(summary.lanes, 3);
+    assert_eq!(
+        report.provisioned, 30,
+        "every device ends on a working identity"
+    );
+    assert_eq!(report.devices_failed, 0);
+    assert_eq!(report.bricked, 0);
+    assert_eq!(report.retired_still_accepted, 0);
+    assert!(
+        report.rotations.total > 30,
+        "rotations went on after the restart"
+    );
+    let faults = report.faults.as_ref().expect("a faults section");
+    assert_eq!(faults.injected(FaultKind::EmulatorRestart), 1);
+    assert!(faults.injected(FaultKind::Crash) > 0);
+    assert!(faults.injected(FaultKind::DropAfterReconnect) > 0);
 }
