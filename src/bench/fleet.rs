@@ -63,6 +63,8 @@ pub struct FleetResults {
     pub arrival_rate: f64,
     pub emulator: &'static str,
     pub source_addresses: Vec<IpAddr>,
+    /// Descriptor lanes the run spread its sockets over (0: one table).
+    pub lanes: usize,
     pub host_before: HostInfo,
     pub host_after: HostInfo,
     /// From the start of the run (emulator start and set-up included).
@@ -261,6 +263,7 @@ impl FleetBench {
                 "in_process"
             },
             source_addresses,
+            lanes: summary.lanes,
             host_before,
             host_after: HostInfo::now(),
             first_online_seconds: watch.first_online,
