@@ -337,6 +337,11 @@ struct EmulatorArgs {
     /// control_plane); repeat for several. Unlimited by default.
     #[arg(long = "quota", value_name = "NAME=RATE")]
     quotas: Vec<String>,
+    /// Accept MQTT connections on N more threads, each with a descriptor
+    /// table of its own, so that about N+1 times the open-file limit's
+    /// connections fit (default 0: one table).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    lanes: usize,
 }
 
 /// The quotas named on the command line, on top of "unlimited".
@@ -901,7 +906,7 @@ const STANDALONE_CONNECTIONS: u64 = 256 * 1024;
 /// The standalone emulator cannot know how many clients will come: it takes
 /// as many open files as it may, and says how many connections fit only
 /// when that is fewer than it makes room for.
-fn make_room_for_connections() {
+fn make_room_for_connections(lanes: usize) {
     if raise_open_file_limit(STANDALONE_CONNECTIONS, Spread::OneTable).is_ok() {
         return;
     }
@@ -910,15 +915,18 @@ fn make_room_for_connections() {
         return;
     };
     let _ = Resource::NOFILE.set(hard, hard);
-    let fit = hard.saturating_sub(SPARE_OPEN_FILES);
+    // Each lane's table holds as many as the process's own.
+    let tables = 1 + lanes as u64;
+    let fit = tables * hard.saturating_sub(SPARE_OPEN_FILES);
     tracing::info!(
         connections = fit,
+        lanes,
         "the open-file limit ({hard}) allows about this many client connections"
     );
 }
 
 fn standalone(args: EmulatorArgs) -> ExitCode {
-    make_room_for_connections();
+    make_room_for_connections(args.lanes);
     let console = match args
         .console
         .map(|addr| console_options(addr, args.console_no_auth))
@@ -940,6 +948,7 @@ fn standalone(args: EmulatorArgs) -> ExitCode {
         certificate_validity: args.certificate_validity,
         template: args.template,
         policies_dir: args.policies,
+        lanes: args.lanes,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -17,6 +17,7 @@ use crate::control::{ControlPlane, SetupOutput, SetupSpec};
 use crate::emulator::persist::{self, PersistError};
 use crate::emulator::registry::CertificateStatus;
 use crate::emulator::{self, Emulator, EmulatorConfig};
+use crate::lanes::Lanes;
 use crate::scenario::format_duration;
 
 /// The file in the state directory that describes a running emulator.
@@ -39,6 +40,9 @@ pub struct StandaloneOptions {
     pub policies_dir: Option<PathBuf>,
     /// AWS's rate quotas to enforce with throttled answers; unlimited by default.
     pub quotas: crate::pacing::Quotas,
+    /// Descriptor lanes that accept MQTT connections beside the main runtime,
+    /// each with a descriptor table of its own (see [`crate::lanes`]); 0: none.
+    pub lanes: usize,
 }
 
 /// What `emulator.json` holds: where to connect and which files to use. Paths are absolute.
@@ -79,6 +83,8 @@ pub enum StandaloneError {
     Info { path: PathBuf, reason: String },
     #[error("claim credentials: {0}")]
     Credentials(String),
+    #[error(transparent)]
+    Lanes(#[from] crate::lanes::LaneError),
 }
 
 /// A running standalone emulator.
@@ -92,8 +98,14 @@ impl Standalone {
     /// Starts the emulator on the state directory, sets it up when the directory is new
     /// (or its claim certificate is no longer active), and writes `emulator.json`.
     pub async fn start(options: &StandaloneOptions) -> Result<Standalone, StandaloneError> {
+        // Before the state directory's lock and journal are open: a lane
+        // keeps a copy of every descriptor open when it starts.
+        let lanes = match options.lanes {
+            0 => None,
+            count => Some(Lanes::start(count)?),
+        };
         let state_dir = absolute_dir(&options.state_dir)?;
-        let emulator = Emulator::start(emulator_config(options, &state_dir)).await?;
+        let emulator = Emulator::start(emulator_config(options, &state_dir, lanes)).await?;
         let info_path = state_dir.join(INFO_FILE);
         let claim_id = match reusable_claim(&emulator, &info_path, &options.template) {
             Some(id) => id,
@@ -215,13 +227,21 @@ impl EmulatorInfo {
     }
 }
 
-fn emulator_config(options: &StandaloneOptions, state_dir: &Path) -> EmulatorConfig {
+fn emulator_config(
+    options: &StandaloneOptions,
+    state_dir: &Path,
+    lanes: Option<Lanes>,
+) -> EmulatorConfig {
     EmulatorConfig {
         mqtt_bind: SocketAddr::new(options.bind, options.mqtt_port),
         control_bind: SocketAddr::new(options.bind, options.control_port),
         certificate_validity: options.certificate_validity,
         state_dir: Some(state_dir.to_owned()),
         quotas: options.quotas,
+        broker: emulator::broker::BrokerConfig {
+            lanes,
+            ..Default::default()
+        },
         ..EmulatorConfig::default()
     }
 }

@@ -32,6 +32,16 @@ impl StandaloneProcess {
         mqtt_port: u16,
         control_port: u16,
     ) -> StandaloneProcess {
+        StandaloneProcess::start_with(state_dir, validity, (mqtt_port, control_port), &[])
+    }
+
+    /// Like `start_on`, with more command-line arguments.
+    pub fn start_with(
+        state_dir: &Path,
+        validity: &str,
+        (mqtt_port, control_port): (u16, u16),
+        more: &[&str],
+    ) -> StandaloneProcess {
         let (mqtt_port, control_port) = (mqtt_port.to_string(), control_port.to_string());
         let mut child = Command::new(BINARY)
             .args([
@@ -43,6 +53,7 @@ impl StandaloneProcess {
             ])
             .args(["--certificate-validity", validity, "--state-dir"])
             .arg(state_dir)
+            .args(more)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
