@@ -238,6 +238,7 @@ pub async fn execute(
         .map_err(|e| RunError::Failed(e.to_string()))?;
     report.shard = ShardInfo::of(&plan);
     report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
+    report.key_exchange = Some(scenario.tls.key_exchange.label().to_owned());
     report.faults = fault_section(scenario, &fault_log, emulator_faults.as_deref(), &outcomes);
     report.control_plane_throttled = control.throttled();
     write_report(&report, options.report_path.as_deref())?;
