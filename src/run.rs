@@ -25,6 +25,7 @@ use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
+use crate::identity::tls::TlsSettings;
 use crate::lanes::{self, Lanes};
 use crate::observe::faults::{FailedDevices, FaultKind, FaultLog, FaultSection};
 use crate::observe::merge::ShardInfo;
@@ -252,6 +253,7 @@ pub async fn execute(
         .map_err(|e| RunError::Failed(e.to_string()))?;
     report.shard = ShardInfo::of(&plan);
     report.key_type = Some(scenario.provisioning.method.key_type().to_owned());
+    report.key_exchange = Some(scenario.tls.key_exchange.label().to_owned());
     report.faults = fault_section(scenario, &fault_log, emulator_faults.as_deref(), &outcomes);
     report.control_plane_throttled = control.throttled();
     write_report(&report, options.report_path.as_deref())?;
@@ -678,8 +680,12 @@ fn device_context(
         certificate_pem: setup.claim_certificate_pem.clone(),
         private_key_pem: setup.claim_private_key_pem.clone(),
     });
+    let tls = TlsSettings {
+        root_pem: target.root_pem.clone(),
+        key_exchange: scenario.tls.key_exchange,
+    };
     claim
-        .tls(&target.root_pem)
+        .tls(&tls)
         .map_err(|e| RunError::CannotStart(format!("claim credentials: {e}")))?;
     Ok(DeviceContext {
         connect: ConnectSettings {
@@ -688,7 +694,7 @@ fn device_context(
             step_timeout: scenario.run.step_timeout,
             sources: SourceAddresses::default(),
         },
-        root_pem: target.root_pem.clone(),
+        tls,
         claim: Arc::new(claim),
         template: scenario.provisioning.template.clone(),
         method: scenario.provisioning.method,
@@ -911,13 +917,13 @@ async fn final_check(
                 .expect("the semaphore is never closed");
             let works = match &current {
                 Some(credentials) => {
-                    prove_works(&context.connect, &context.root_pem, &thing, credentials).await
+                    prove_works(&context.connect, &context.tls, &thing, credentials).await
                 }
                 None => false,
             };
             let mut accepted = 0;
             for old in &retired {
-                if !prove_refused(&context.connect, &context.root_pem, &thing, old).await {
+                if !prove_refused(&context.connect, &context.tls, &thing, old).await {
                     accepted += 1;
                 }
             }

@@ -8,11 +8,13 @@ use std::time::Duration;
 use broker_support::*;
 use fleetsim::emulator::ca::CertificateAuthority;
 use fleetsim::emulator::registry::CertificateStatus;
+use fleetsim::identity::tls::{KeyExchange, client_config_with};
 use rumqttc::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 const REFUSALS: &str = "fleetsim_emulator_handshake_refusals_total";
+const HANDSHAKES: &str = fleetsim::emulator::tls::HANDSHAKES;
 
 /// Reads until the server closes the stream; returns whatever arrived first.
 async fn read_until_closed(stream: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
@@ -116,6 +118,30 @@ async fn an_unknown_certificate_is_refused_at_the_handshake_and_counted() {
         before + 1
     );
     assert_eq!(emulator.broker.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn completed_handshakes_are_counted_by_the_key_exchange_negotiated() {
+    let emulator = Emulator::start();
+    let device = emulator.active_device();
+    for key_exchange in KeyExchange::ALL {
+        let group = key_exchange.label();
+        let before = counter(HANDSHAKES, "group", group);
+        let config = client_config_with(emulator.ca.root_pem(), &device.identity(), key_exchange)
+            .expect("device configuration");
+
+        let mut stream = raw_tls_with(emulator.addr(), config).await;
+        stream
+            .write_all(&connect_packet(&format!("kx-{group}"), 60))
+            .await
+            .expect("connect");
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.expect("connack");
+
+        // A CONNACK means the server finished the handshake, and counted it.
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "{group}");
+        assert_eq!(counter(HANDSHAKES, "group", group), before + 1, "{group}");
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use fleetsim::device::mqtt::{ConnectSettings, Endpoint};
 use fleetsim::device::prove_works;
 use fleetsim::identity::store::CredentialStore;
+use fleetsim::identity::tls::{KeyExchange, TlsSettings};
 use rand::Rng;
 use support::standalone::StandaloneProcess;
 
@@ -79,7 +80,10 @@ async fn check_every_device(
     };
     let mut mid_rotation = 0;
     let store = CredentialStore::disk(root).unwrap();
-    let root_pem = emulator.info.root_pem().unwrap();
+    let tls = TlsSettings {
+        root_pem: emulator.info.root_pem().unwrap(),
+        key_exchange: KeyExchange::default(),
+    };
     let mut devices = 0;
     for entry in entries {
         let serial = entry.unwrap().file_name().into_string().unwrap();
@@ -94,7 +98,7 @@ async fn check_every_device(
         );
         let thing = format!("fleetsim-{serial}");
         assert!(
-            prove_works(&settings(emulator), &root_pem, &thing, &stored.current).await,
+            prove_works(&settings(emulator), &tls, &thing, &stored.current).await,
             "kill {kill}: the emulator accepts {serial}'s stored identity"
         );
         devices += 1;

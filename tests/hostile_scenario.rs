@@ -80,7 +80,7 @@ fn unknown_keys_are_named_with_a_suggestion_and_the_accepted_ones() {
     check(&[
         (
             appended("fleets:\n  size: 1\n"),
-            "F:8:1: fleets: unknown field; did you mean `fleet`? accepted fields: name, target, fleet, arrival, provisioning, clock, certificates, rotation, telemetry, run, credentials, slo, faults, pacing",
+            "F:8:1: fleets: unknown field; did you mean `fleet`? accepted fields: name, target, fleet, arrival, provisioning, tls, clock, certificates, rotation, telemetry, run, credentials, slo, faults, pacing",
         ),
         (
             with("duration: 10s", "duraton: 10s"),
@@ -341,6 +341,42 @@ fn serial_patterns_that_would_make_unsafe_paths_are_refused_at_load() {
             "F:9:13: provisioning.template: `a/b` contains `/`; only A-Z, a-z, 0-9, _ and - are allowed",
         ),
     ]);
+}
+
+#[test]
+fn a_key_exchange_devices_cannot_offer_is_refused_naming_the_allowed_ones() {
+    let allowed = "x25519, secp256r1, x25519mlkem768";
+    check(&[
+        (
+            appended("tls:\n  key_exchange: p521\n"),
+            &format!("F:9:17: tls.key_exchange: `p521` is not one of: {allowed}"),
+        ),
+        (
+            appended("tls:\n  key_exchange: X25519\n"),
+            &format!("F:9:17: tls.key_exchange: `X25519` is not one of: {allowed}"),
+        ),
+        (
+            appended("tls:\n  key_exchange: \"\"\n"),
+            &format!("F:9:17: tls.key_exchange: `` is not one of: {allowed}"),
+        ),
+        (
+            appended("tls:\n  key_exchange: [x25519, secp256r1]\n"),
+            "F:9:17: tls.key_exchange: expected text, found a list",
+        ),
+        (
+            appended("tls:\n  key_exchange: 25519\n"),
+            "F:9:17: tls.key_exchange: expected text, found the number 25519",
+        ),
+        (
+            appended("tls: secp256r1\n"),
+            "F:8:6: tls: expected a mapping of fields, found the text `secp256r1`",
+        ),
+        (
+            appended("tls:\n  groups: secp256r1\n"),
+            "F:9:3: tls.groups: unknown field; accepted fields: key_exchange",
+        ),
+    ]);
+    assert_eq!(loads(appended("tls:\n")).tls, Default::default());
 }
 
 #[test]

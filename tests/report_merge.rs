@@ -211,6 +211,31 @@ fn reports_of_another_run_a_missing_shard_or_a_repeated_shard_are_refused() {
     );
 }
 
+#[test]
+fn the_key_exchange_is_kept_when_shards_agree_and_refused_when_they_differ() {
+    let with_group = |mut named: NamedReport, group: &str| {
+        named.report.key_exchange = Some(group.to_owned());
+        named
+    };
+    let merged = merge(&[
+        with_group(shard_zero(), "secp256r1"),
+        with_group(shard_one(), "secp256r1"),
+    ])
+    .unwrap();
+    assert_eq!(merged.key_exchange.as_deref(), Some("secp256r1"));
+    assert!(merged.render_table().contains("secp256r1 key exchange"));
+
+    let error = merge(&[
+        with_group(shard_zero(), "secp256r1"),
+        with_group(shard_one(), "x25519"),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "shard-1.json: key exchange `x25519` differs from `secp256r1` in shard-0.json; reports of different runs cannot be merged"
+    );
+}
+
 fn write(dir: &Path, named: &NamedReport) -> String {
     let path = dir.join(&named.name);
     std::fs::write(&path, named.report.to_json_pretty().unwrap()).unwrap();

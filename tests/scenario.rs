@@ -51,6 +51,8 @@ slo:
   provisioning_p99: 2s
   max_failure_ratio: 0.01
   min_rotations_per_device: 2
+tls:
+  key_exchange: secp256r1
 "#;
 
 const MINIMAL: &str =
@@ -113,6 +115,9 @@ fn a_full_scenario_parses_to_the_expected_structs() {
             method: ProvisioningMethod::CsrEcP256,
             template: "fleetsim-fleet".into(),
         },
+        tls: Tls {
+            key_exchange: KeyExchange::Secp256r1,
+        },
         clock: Clock { speedup: 86400.0 },
         certificates: Certificates {
             validity: secs(30 * 86_400),
@@ -160,6 +165,7 @@ fn omitted_fields_take_their_defaults() {
     assert!(scenario.arrival.phases.is_empty());
     assert_eq!(scenario.provisioning.method, ProvisioningMethod::CsrEcP256);
     assert_eq!(scenario.provisioning.template, "fleetsim-fleet");
+    assert_eq!(scenario.tls.key_exchange, KeyExchange::X25519);
     assert_eq!(scenario.clock, Clock { speedup: 1.0 });
     assert_eq!(scenario.certificates.validity, secs(365 * 86_400));
     let year_third = secs(365 * 86_400) / 3;
@@ -602,4 +608,20 @@ fn create_keys_is_a_provisioning_method_and_unknown_methods_name_the_choices() {
     assert_eq!(field, "provisioning.method");
     assert_eq!(column, 11);
     assert!(reason.contains("csr, create_keys"), "{reason}");
+}
+
+#[test]
+fn every_key_exchange_is_a_tls_setting_and_an_unknown_one_names_the_choices() {
+    for key_exchange in KeyExchange::ALL {
+        let extra = format!("tls:\n  key_exchange: {}\n", key_exchange.label());
+        let scenario = minimal_with(&extra).expect("valid");
+        assert_eq!(scenario.tls.key_exchange, key_exchange);
+    }
+
+    let (line, column, field, reason) = refusal(&format!("{MINIMAL}tls:\n  key_exchange: p521\n"));
+    assert_eq!((line, column, field.as_str()), (9, 17, "tls.key_exchange"));
+    assert_eq!(
+        reason,
+        "`p521` is not one of: x25519, secp256r1, x25519mlkem768"
+    );
 }

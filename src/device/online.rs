@@ -9,7 +9,7 @@ use tokio::time::{Instant, sleep_until};
 use super::faults::{next_storm, random_drop};
 use super::mqtt::{Session, SessionError};
 use super::task::{Device, Ending, GaveUp};
-use crate::identity::{Credentials, tls::client_config};
+use crate::identity::Credentials;
 use crate::observe::faults::FaultKind;
 use crate::observe::{DeviceState, FailureReason, Op};
 
@@ -47,7 +47,10 @@ impl Device {
     ) -> Result<Session, SessionError> {
         let credentials = credentials
             .ok_or_else(|| SessionError::new(FailureReason::Storage, "device has no identity"))?;
-        let tls = client_config(&self.ctx.root_pem, &credentials)
+        let tls = self
+            .ctx
+            .tls
+            .client_config(&credentials)
             .map_err(|e| SessionError::new(FailureReason::Protocol, e.to_string()))?;
         self.ctx.pacer.connect(&self.thing).await;
         let mut session = Session::connect(&self.ctx.connect, &self.thing, tls).await?;

@@ -37,7 +37,7 @@ impl Device {
     }
 
     pub(super) async fn provision_once(&mut self, due: Instant) -> Result<(), (Op, SessionError)> {
-        let claim_tls = self.ctx.claim.tls(&self.ctx.root_pem).map_err(|e| {
+        let claim_tls = self.ctx.claim.tls(&self.ctx.tls).map_err(|e| {
             (
                 Op::ClaimConnect,
                 SessionError::new(FailureReason::Protocol, e),

@@ -11,7 +11,8 @@ use tracing::debug;
 use super::faults::Flow;
 use super::mqtt::{ConnectSettings, Session, SessionError};
 use super::task::{Device, Ending, GaveUp, short};
-use crate::identity::{Credentials, tls::client_config};
+use crate::identity::Credentials;
+use crate::identity::tls::TlsSettings;
 use crate::observe::{DeviceState, FailureReason, Op};
 use crate::scenario::DropPoint;
 
@@ -232,7 +233,7 @@ impl Device {
 
     /// A retired certificate must be refused at the TLS handshake.
     pub(super) async fn prove_refused(&self, old: &Credentials) -> bool {
-        prove_refused(&self.ctx.connect, &self.ctx.root_pem, &self.thing, old).await
+        prove_refused(&self.ctx.connect, &self.ctx.tls, &self.thing, old).await
     }
 }
 
@@ -244,21 +245,21 @@ const PROOF_ATTEMPTS: u32 = 3;
 /// connection disproves it; an inconclusive answer is not a proof either.
 pub async fn prove_refused(
     connect: &ConnectSettings,
-    root_pem: &str,
+    tls: &TlsSettings,
     client_id: &str,
     credentials: &Credentials,
 ) -> bool {
-    probe(connect, root_pem, client_id, credentials).await == Some(false)
+    probe(connect, tls, client_id, credentials).await == Some(false)
 }
 
 /// Whether `credentials` still open a working session as `client_id`.
 pub async fn prove_works(
     connect: &ConnectSettings,
-    root_pem: &str,
+    tls: &TlsSettings,
     client_id: &str,
     credentials: &Credentials,
 ) -> bool {
-    probe(connect, root_pem, client_id, credentials).await == Some(true)
+    probe(connect, tls, client_id, credentials).await == Some(true)
 }
 
 /// Connects once with `credentials` to learn whether they are accepted
@@ -267,11 +268,11 @@ pub async fn prove_works(
 /// never resolves.
 async fn probe(
     connect: &ConnectSettings,
-    root_pem: &str,
+    tls: &TlsSettings,
     client_id: &str,
     credentials: &Credentials,
 ) -> Option<bool> {
-    let tls = client_config(root_pem, credentials).ok()?;
+    let tls = tls.client_config(credentials).ok()?;
     for attempt in 1..=PROOF_ATTEMPTS {
         match Session::connect(connect, client_id, tls.clone()).await {
             Ok(session) => {

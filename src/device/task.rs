@@ -25,7 +25,7 @@ use super::mqtt::{ConnectSettings, Session, SessionError};
 use crate::control::ControlPlane;
 use crate::identity::Credentials;
 use crate::identity::store::CredentialStore;
-use crate::identity::tls::client_config;
+use crate::identity::tls::TlsSettings;
 use crate::observe::faults::FaultResponse;
 use crate::observe::{DeviceState, FailureReason, Op, Recorder};
 use crate::scenario::ProvisioningMethod;
@@ -43,7 +43,8 @@ pub struct TelemetrySettings {
 /// Everything a device shares with the rest of the fleet.
 pub struct DeviceContext {
     pub connect: ConnectSettings,
-    pub root_pem: String,
+    /// The root every connection trusts and the key exchange it offers.
+    pub tls: TlsSettings,
     /// The claim identity; a compromise drill replaces it mid-run.
     pub claim: Arc<ClaimSlot>,
     pub template: String,
@@ -79,7 +80,7 @@ impl DeviceContext {
     ) -> DeviceContext {
         DeviceContext {
             connect: self.connect.clone(),
-            root_pem: self.root_pem.clone(),
+            tls: self.tls.clone(),
             claim: Arc::clone(&self.claim),
             template: self.template.clone(),
             method: self.method,
@@ -121,13 +122,16 @@ impl ClaimSlot {
     }
 
     /// The TLS configuration of the current claim identity, built on first use.
-    pub fn tls(&self, root_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    /// A run's `tls` never changes, so the configuration kept is the one asked for.
+    pub fn tls(&self, tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, String> {
         if let Some(tls) = &self.read().tls {
             return Ok(Arc::clone(tls));
         }
         let mut slot = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let tls = client_config(root_pem, &slot.credentials).map_err(|e| e.to_string())?;
-        Ok(Arc::clone(slot.tls.get_or_insert(tls)))
+        let config = tls
+            .client_config(&slot.credentials)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::clone(slot.tls.get_or_insert(config)))
     }
 
     /// Hands every later provisioning attempt the new claim identity.

@@ -14,8 +14,8 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, ServerConnection, WebPkiClientVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, NamedGroup, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 
 use super::ca::{ServerIdentity, certificate_id};
@@ -23,6 +23,9 @@ use super::registry::{CertificateStatus, Registry};
 
 /// Counter of refused or failed handshakes, labelled by `reason`.
 pub const HANDSHAKE_REFUSALS: &str = "fleetsim_emulator_handshake_refusals_total";
+
+/// Counter of completed handshakes, labelled by the key-exchange `group` negotiated.
+pub const HANDSHAKES: &str = "fleetsim_emulator_tls_handshakes_total";
 
 /// Why the server configuration could not be built; always a local configuration fault.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,27 @@ pub fn server_config(
 pub fn peer_certificate_id(connection: &ServerConnection) -> Option<String> {
     let end_entity = connection.peer_certificates()?.first()?;
     Some(certificate_id(end_entity))
+}
+
+/// Counts a completed handshake by the key-exchange group it negotiated: what a fleet
+/// offers is a setting, what the server agreed to is the fact.
+pub fn count_handshake(connection: &ServerConnection) {
+    let group = connection
+        .negotiated_key_exchange_group()
+        .map(|kx| kx.name());
+    metrics::counter!(HANDSHAKES, "group" => group_label(group)).increment(1);
+}
+
+/// The groups this server accepts (aws-lc-rs' defaults) by the names the scenario's
+/// `tls.key_exchange` uses; anything else is `other`, to keep the label bounded.
+fn group_label(group: Option<NamedGroup>) -> &'static str {
+    match group {
+        Some(NamedGroup::X25519) => "x25519",
+        Some(NamedGroup::secp256r1) => "secp256r1",
+        Some(NamedGroup::secp384r1) => "secp384r1",
+        Some(NamedGroup::X25519MLKEM768) => "x25519mlkem768",
+        _ => "other",
+    }
 }
 
 /// Counts a handshake that failed after the TCP accept. Refusals by the verifier were

@@ -6,7 +6,8 @@
 //! A configuration is built once per identity (the claim's is shared by the
 //! whole fleet): building one parses PEM and loads the private key, which
 //! costs about a tenth of a handshake. The key exchange the device offers
-//! is a [`KeyExchange`]: X25519 by default, which is what device TLS stacks
+//! is a [`KeyExchange`], one group only, chosen by the scenario's
+//! `tls.key_exchange`: X25519 by default, which is what device TLS stacks
 //! offer and AWS IoT Core accepts, rather than rustls' own default of the
 //! post-quantum hybrid X25519MLKEM768, which costs more on both sides.
 
@@ -81,6 +82,25 @@ impl std::str::FromStr for KeyExchange {
     }
 }
 
+/// What every connection of a run's devices trusts and offers, whichever
+/// identity it presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The target's root CA, the only one trusted.
+    pub root_pem: String,
+    pub key_exchange: KeyExchange,
+}
+
+impl TlsSettings {
+    /// A client configuration presenting `credentials`.
+    pub fn client_config(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<Arc<ClientConfig>, IdentityError> {
+        client_config_with(&self.root_pem, credentials, self.key_exchange)
+    }
+}
+
 /// A client configuration presenting `credentials` and trusting `root_pem`,
 /// offering the default key exchange.
 pub fn client_config(
@@ -137,5 +157,36 @@ mod tests {
             error.contains("p521") && error.contains("x25519"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_configuration_offers_only_the_settings_key_exchange() {
+        use rustls::NamedGroup;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["device".to_owned()]).unwrap();
+        let certificate = params.self_signed(&key).unwrap().pem();
+        let credentials = Credentials {
+            certificate_pem: certificate.clone(),
+            private_key_pem: key.serialize_pem(),
+        };
+        let expected = [
+            (KeyExchange::X25519, NamedGroup::X25519),
+            (KeyExchange::Secp256r1, NamedGroup::secp256r1),
+            (KeyExchange::X25519MlKem768, NamedGroup::X25519MLKEM768),
+        ];
+        for (key_exchange, group) in expected {
+            let settings = TlsSettings {
+                root_pem: certificate.clone(),
+                key_exchange,
+            };
+            let config = settings.client_config(&credentials).unwrap();
+            let offered: Vec<NamedGroup> = config
+                .crypto_provider()
+                .kx_groups
+                .iter()
+                .map(|kx| kx.name())
+                .collect();
+            assert_eq!(offered, [group], "{}", key_exchange.label());
+        }
     }
 }

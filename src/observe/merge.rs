@@ -141,6 +141,7 @@ pub fn merge(reports: &[NamedReport]) -> Result<Report, MergeError> {
         passed: false,
         shard: None,
         key_type: first.report.key_type.clone(),
+        key_exchange: first.report.key_exchange.clone(),
         faults: merge_faults(reports),
         throttled: sum(|r| r.throttled),
         control_plane_throttled: sum(|r| r.control_plane_throttled),
@@ -158,7 +159,7 @@ fn merge_faults(reports: &[NamedReport]) -> Option<super::faults::FaultSection> 
     Some(merged)
 }
 
-/// Same run name, same shard layout, same objectives, same operations.
+/// Same run name, key type and key exchange, shard layout, objectives and operations.
 fn check_same_run(first: &NamedReport, other: &NamedReport) -> Result<(), MergeError> {
     let mismatch = |what, expected: String, found: String| MergeError::Mismatch {
         source_name: other.name.clone(),
@@ -171,9 +172,13 @@ fn check_same_run(first: &NamedReport, other: &NamedReport) -> Result<(), MergeE
     if a.run != b.run {
         return Err(mismatch("run", a.run.clone(), b.run.clone()));
     }
+    let show = |k: &Option<String>| k.clone().unwrap_or_else(|| "unknown".into());
     if a.key_type != b.key_type {
-        let show = |k: &Option<String>| k.clone().unwrap_or_else(|| "unknown".into());
         return Err(mismatch("key type", show(&a.key_type), show(&b.key_type)));
+    }
+    if a.key_exchange != b.key_exchange {
+        let (expected, found) = (show(&a.key_exchange), show(&b.key_exchange));
+        return Err(mismatch("key exchange", expected, found));
     }
     let (sa, sb) = (ShardInfo::of_report(a), ShardInfo::of_report(b));
     if (sa.count, sa.fleet_devices) != (sb.count, sb.fleet_devices) {

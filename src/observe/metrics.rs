@@ -285,7 +285,7 @@ fn describe_objectives() {
 /// `register_thing`), from the request to the answer being ready.
 pub const EMULATOR_REQUEST_DURATION: &str = "fleetsim_emulator_request_duration_seconds";
 
-const EMULATOR_METRICS: [(&str, &str); 10] = [
+const EMULATOR_METRICS: [(&str, &str); 11] = [
     (
         "fleetsim_emulator_connections",
         "MQTT connections open past CONNACK.",
@@ -297,6 +297,10 @@ const EMULATOR_METRICS: [(&str, &str); 10] = [
     (
         "fleetsim_emulator_handshake_refusals_total",
         "TLS handshakes refused, by reason.",
+    ),
+    (
+        "fleetsim_emulator_tls_handshakes_total",
+        "TLS handshakes completed, by the key-exchange group negotiated.",
     ),
     (
         "fleetsim_emulator_disconnects_total",

@@ -63,6 +63,11 @@ pub struct Report {
     /// handshake signs with; set by the run, absent in older reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_type: Option<String>,
+    /// The one key exchange every device connection offered, and so
+    /// negotiated (`x25519`, `secp256r1` or `x25519mlkem768`); set by the
+    /// run, absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_exchange: Option<String>,
     /// What a fault-injection run injected and how the fleet answered;
     /// set by the run when the scenario has faults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +157,7 @@ impl Report {
             slo,
             shard: None,
             key_type: None,
+            key_exchange: None,
             faults: None,
             throttled: Op::ALL
                 .iter()
@@ -196,7 +202,7 @@ impl Report {
     fn write_header(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "run {}: {:.1} s, {} devices, {} provisioned, {} failed{}\n",
+            "run {}: {:.1} s, {} devices, {} provisioned, {} failed{}{}\n",
             self.run,
             self.elapsed_seconds,
             self.devices,
@@ -205,6 +211,10 @@ impl Report {
             self.key_type
                 .as_deref()
                 .map(|key| format!(", {key} device keys"))
+                .unwrap_or_default(),
+            self.key_exchange
+                .as_deref()
+                .map(|group| format!(", {group} key exchange"))
                 .unwrap_or_default()
         );
     }

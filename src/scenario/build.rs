@@ -17,6 +17,7 @@ const TOP_FIELDS: &[&str] = &[
     "fleet",
     "arrival",
     "provisioning",
+    "tls",
     "clock",
     "certificates",
     "rotation",
@@ -53,6 +54,7 @@ pub(crate) fn scenario(root: &Node) -> Result<Scenario, Problem> {
     // mistakes the one reported first is the one a reader meets first.
     let (name, target, fleet) = (name(&top)?, target(&top)?, fleet(&top)?);
     let (arrival, provisioning) = (arrival(&top)?, provisioning(&top)?);
+    let tls = tls(&top)?;
     let (clock, certificates) = (clock(&top)?, certificates(&top)?);
     let rotation = rotation(&top, &certificates, &clock)?;
     let telemetry = telemetry(&top)?;
@@ -63,6 +65,7 @@ pub(crate) fn scenario(root: &Node) -> Result<Scenario, Problem> {
         fleet,
         arrival,
         provisioning,
+        tls,
         rotation,
         clock: Clock {
             speedup: clock.value,
@@ -202,6 +205,18 @@ fn provisioning(top: &Section) -> Result<Provisioning, Problem> {
     let method = optional(&section, "method", |f| f.choice(&methods), methods[0].1)?;
     let template = optional(&section, "template", template, "fleetsim-fleet".into())?;
     Ok(Provisioning { method, template })
+}
+
+fn tls(top: &Section) -> Result<Tls, Problem> {
+    let section = child(top, "tls", &["key_exchange"])?;
+    let groups = KeyExchange::ALL.map(|kx| (kx.label(), kx));
+    let key_exchange = optional(
+        &section,
+        "key_exchange",
+        |f| f.choice(&groups),
+        KeyExchange::default(),
+    )?;
+    Ok(Tls { key_exchange })
 }
 
 fn template(field: &Field) -> Result<String, Problem> {

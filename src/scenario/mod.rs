@@ -17,6 +17,7 @@ mod values;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::identity::tls::KeyExchange;
 pub use faults::{ClockSkew, Crash, DropPoint, Drops, EmulatorRestart, Faults, ProvisioningFaults};
 pub use values::{format_duration, parse_duration};
 
@@ -31,6 +32,7 @@ pub struct Scenario {
     pub fleet: Fleet,
     pub arrival: Arrival,
     pub provisioning: Provisioning,
+    pub tls: Tls,
     pub clock: Clock,
     pub certificates: Certificates,
     pub rotation: Rotation,
@@ -112,6 +114,13 @@ impl ProvisioningMethod {
             ProvisioningMethod::CreateKeysRsa => "rsa_2048",
         }
     }
+}
+
+/// What every device connection offers in its TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// The one (EC)DHE group devices offer, and so the one negotiated.
+    pub key_exchange: KeyExchange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

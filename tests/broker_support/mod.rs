@@ -146,6 +146,14 @@ impl Credentials {
         }
     }
 
+    /// The same certificate and key as a fleetsim device holds them.
+    pub fn identity(&self) -> fleetsim::identity::Credentials {
+        fleetsim::identity::Credentials {
+            certificate_pem: self.pem.clone(),
+            private_key_pem: self.key_pem.clone(),
+        }
+    }
+
     pub fn client_config(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.server_root.clone()).expect("root");
@@ -441,8 +449,13 @@ impl V5Client {
 
 /// A TLS connection that speaks raw bytes.
 pub async fn raw_tls(addr: SocketAddr, credentials: &Credentials) -> TlsStream<TcpStream> {
+    raw_tls_with(addr, credentials.client_config()).await
+}
+
+/// [`raw_tls`] with a client configuration of the test's own.
+pub async fn raw_tls_with(addr: SocketAddr, config: Arc<ClientConfig>) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.expect("tcp connect");
-    let connector = TlsConnector::from(credentials.client_config());
+    let connector = TlsConnector::from(config);
     let name = ServerName::try_from("127.0.0.1").expect("ip server name");
     connector.connect(name, tcp).await.expect("tls handshake")
 }

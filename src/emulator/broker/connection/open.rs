@@ -60,6 +60,7 @@ async fn accept_tls(
         }
     };
     let connection = stream.get_ref().1;
+    tls::count_handshake(connection);
     let id = tls::peer_certificate_id(connection)?;
     let der = connection.peer_certificates()?.first()?;
     let fields = CertificateFields::from_der(der)
