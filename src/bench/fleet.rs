@@ -131,8 +131,7 @@ impl FleetBench {
     /// The scenario the run executes: memory storage, no SLOs, a step
     /// deadline long enough for a storm, and the validity explained above.
     pub fn scenario(&self) -> Result<Scenario, BenchError> {
-        let expected = self.devices as f64 / self.rate;
-        let validity = (4.0 * expected + 20.0).ceil();
+        let validity = self.validity_seconds();
         let (rotation, telemetry) = match self.then {
             Then::Rotate => (
                 format!(
@@ -164,6 +163,14 @@ impl FleetBench {
         );
         Scenario::parse(&text, Path::new("<bench scenario>"))
             .map_err(|e| BenchError::Setup(e.to_string()))
+    }
+
+    /// Certificate lifetime: four times the fleet's expected provisioning
+    /// time, renewed from half-way, so the first renewal window opens well
+    /// after the last device is expected online.
+    fn validity_seconds(&self) -> f64 {
+        let expected = self.devices as f64 / self.rate;
+        (4.0 * expected + 20.0).ceil()
     }
 
     /// Runs the fleet and gathers its results; `ceiling` goes into the ratios.
@@ -223,6 +230,11 @@ impl FleetBench {
         watch.online = self.memory_now();
         match self.then {
             Then::Rotate => {
+                // Nothing is due before the first certificate's renewal
+                // window opens; waiting for it is not a stall.
+                let first = watch.first_online.unwrap_or(0.0);
+                let opens = first + self.validity_seconds() / 2.0;
+                tokio::time::sleep_until(started + Duration::from_secs_f64(opens)).await;
                 watch.rotated = follow(recorder, started, n, |s| s.rotations(), &mut None).await;
             }
             Then::Publish { seconds, .. } => {
