@@ -19,11 +19,3 @@ pub mod run;
 pub mod scenario;
 pub mod standalone;
 pub mod target;
-
-/// A provisioning allocates and frees thousands of small buffers (TLS
-/// records, MQTT packets, PEM and DER copies) on whichever worker thread
-/// runs the task; glibc's per-thread arenas spent about 7% of the CPU there
-/// and grew and shrank their heaps with an `mprotect` call every few
-/// packets. Tests and benchmarks link the same allocator as the binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
