@@ -11,6 +11,7 @@
 //! device's decision, paced by its backoff.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Encoder, Framed};
 
 use crate::observe::FailureReason;
 
@@ -156,15 +157,16 @@ impl Session {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Session, SessionError> {
         let deadline = Instant::now() + settings.step_timeout;
-        let tcp = open_tcp(settings, deadline).await?;
-        let stream = handshake(&settings.endpoint, tcp, tls, deadline).await?;
-        let codec = Codec {
+        let mut codec = Codec {
             max_incoming_size: MAX_PACKET_BYTES,
             max_outgoing_size: MAX_PACKET_BYTES,
         };
+        let connect = connect_packet(&mut codec, client_id, settings.keep_alive)?;
+        let tcp = open_tcp(settings, deadline).await?;
+        let stream = handshake(&settings.endpoint, tcp, tls, &connect, deadline).await?;
         let mut wire = Framed::with_capacity(stream, codec, INITIAL_BUFFER_BYTES);
         let deadline = Instant::now() + settings.step_timeout;
-        mqtt_connect(&mut wire, client_id, settings.keep_alive, deadline).await?;
+        read_connack(&mut wire, deadline).await?;
         let (outgoing, queued) = mpsc::unbounded_channel();
         let (tx, notices) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(wire, queued, tx, settings.keep_alive));
@@ -381,13 +383,20 @@ async fn resolve(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<SocketAd
 }
 
 /// The client side of the TLS handshake; any failure here is the server
-/// refusing us or us refusing the server.
-/// The TLS handshake; its errors name the endpoint, since a wrong one (down, not TLS, a
-/// certificate for another name) is the usual cause.
+/// refusing us or us refusing the server. Its errors name the endpoint, since
+/// a wrong one (down, not TLS, a certificate for another name) is the usual
+/// cause.
+///
+/// `first_packet` is handed to rustls before the handshake starts: rustls
+/// holds application data until the handshake is complete and then sends it
+/// right behind the client's Finished, in the same write, instead of in a
+/// write (and a read on the broker's side) of its own. It is never sent
+/// earlier: 0-RTT early data is off.
 async fn handshake(
     endpoint: &Endpoint,
     tcp: TcpStream,
     tls: Arc<rustls::ClientConfig>,
+    first_packet: &[u8],
     deadline: Instant,
 ) -> Result<TlsStream<TcpStream>, SessionError> {
     let Endpoint { host, port } = endpoint;
@@ -397,7 +406,12 @@ async fn handshake(
             format!("bad server name {host}: {e}"),
         )
     })?;
-    timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+    let mut queued = Ok(());
+    let connecting = TlsConnector::from(tls).connect_with(name, tcp, |connection| {
+        queued = connection.writer().write_all(first_packet);
+    });
+    queued.map_err(|e| connection_error("cannot queue the CONNECT packet", &e))?;
+    timeout_at(deadline, connecting)
         .await
         .map_err(|_| SessionError::timeout(&format!("TLS handshake with {host}:{port}")))?
         .map_err(|e| {
@@ -406,20 +420,25 @@ async fn handshake(
         })
 }
 
-/// CONNECT with a clean session, then the CONNACK. With TLS 1.3 a refused
-/// client certificate shows up here, as an alert on the first read.
-async fn mqtt_connect(
-    wire: &mut Wire,
+/// The encoded CONNECT with a clean session, sent with the handshake.
+fn connect_packet(
+    codec: &mut Codec,
     client_id: &str,
     keep_alive: Duration,
-    deadline: Instant,
-) -> Result<(), SessionError> {
+) -> Result<bytes::BytesMut, SessionError> {
     let mut connect = rumqttc::mqttbytes::v4::Connect::new(client_id);
     connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
     connect.clean_session = true;
-    wire.send(Packet::Connect(connect))
-        .await
+    let mut packet = bytes::BytesMut::new();
+    codec
+        .encode(Packet::Connect(connect), &mut packet)
         .map_err(|e| classify(&e))?;
+    Ok(packet)
+}
+
+/// The CONNACK to the CONNECT sent with the handshake. With TLS 1.3 a refused
+/// client certificate shows up here, as an alert on the first read.
+async fn read_connack(wire: &mut Wire, deadline: Instant) -> Result<(), SessionError> {
     let reply = timeout_at(deadline, wire.next())
         .await
         .map_err(|_| SessionError::timeout("CONNACK"))?;

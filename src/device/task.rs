@@ -380,6 +380,12 @@ impl Device {
     }
 
     pub(super) fn show_identity(&self) {
+        // Parsing the certificate costs more than the rest of a step's
+        // bookkeeping, and only a live view reads the summary; it is parsed
+        // before the view's lock is taken.
+        if self.ctx.live.is_none() {
+            return;
+        }
         let summary = self.current.as_ref().and_then(CertificateSummary::of);
         let thing = (!self.thing.is_empty()).then(|| self.thing.clone());
         self.show(|status| {

@@ -8,7 +8,7 @@
 //! SUBACK or CONNACK and stays connected; a denied QoS 0 publish is dropped. Where a 5
 //! connection must close, the broker first sends DISCONNECT with the reason.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         let shutdown = shared.shutdown.clone();
         // Until it is registered, a connection has no kill token of its own.
         let opened = tokio::select! {
-            opened = open(tcp, &shared) => opened,
+            opened = open(tcp, peer.ip(), &shared) => opened,
             () = shutdown.cancelled() => None,
         };
         if let Some(connection) = opened {
@@ -254,6 +254,7 @@ impl Connection {
         connect: ConnectRequest,
         authorizer: Authorizer,
         resumed: Option<ParkedSession>,
+        ip: IpAddr,
         shared: &Arc<Shared>,
     ) -> Self {
         let config = &shared.config;
@@ -268,8 +269,12 @@ impl Connection {
         }
         metric::connection_opened();
         metric::connect_outcome("accepted");
-        let ip = wire.get_ref().get_ref().0.peer_addr().ok().map(|a| a.ip());
-        let presence = Presence::new(&handle.client_id, &handle.certificate_id, ip, handle.id);
+        let presence = Presence::new(
+            &handle.client_id,
+            &handle.certificate_id,
+            Some(ip),
+            handle.id,
+        );
         Connection {
             wire,
             protocol: connect.protocol,
@@ -384,6 +389,9 @@ impl Connection {
             return reason;
         }
         loop {
+            if let Err(reason) = self.flush_with_queued().await {
+                return reason;
+            }
             let deadline = self.last_heard + self.keep_alive;
             let step = tokio::select! {
                 frame = self.wire.next() => self.on_frame(frame).await,
@@ -396,6 +404,21 @@ impl Connection {
                 return reason;
             }
         }
+    }
+
+    /// Writes out what the last packet's handling queued together with the messages already
+    /// waiting for this connection (a Fleet Provisioning reply right behind its request's
+    /// PUBACK), so that they leave in one TLS record and one write instead of one each.
+    async fn flush_with_queued(&mut self) -> Result<(), CloseReason> {
+        while self.session.can_send() {
+            let Ok(delivery) = self.outbox.try_recv() else {
+                break;
+            };
+            self.deliver(delivery).await?;
+        }
+        SinkExt::<Reply>::flush(&mut self.wire)
+            .await
+            .map_err(CloseReason::from)
     }
 
     fn certificate_still_active(&self) -> bool {
@@ -437,8 +460,10 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues `reply` in the write buffer; the run loop flushes it once the packet at hand
+    /// is handled, and closing flushes whatever is left.
     async fn send(&mut self, reply: Reply) -> Result<(), CloseReason> {
-        self.wire.send(reply).await.map_err(CloseReason::from)
+        self.wire.feed(reply).await.map_err(CloseReason::from)
     }
 }
 

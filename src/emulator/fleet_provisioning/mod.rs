@@ -12,8 +12,8 @@ pub mod format;
 pub mod keys;
 mod tokens;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -92,6 +92,11 @@ pub struct FleetProvisioning {
     hooks: Arc<HookRegistry>,
     certificate_rates: Buckets,
     register_rates: Buckets,
+    /// Templates parsed for RegisterThing, by name, with the body each was parsed from: a
+    /// fleet's requests all name one template, and parsing its body again for each cost
+    /// more than the rest of the request outside its cryptography. A body changed since
+    /// (UpdateProvisioningTemplate) does not match and is parsed anew.
+    parsed_templates: Mutex<HashMap<String, (String, Arc<Template>)>>,
 }
 
 type Outcome = Result<Vec<u8>, ErrorResponse>;
@@ -123,6 +128,7 @@ impl FleetProvisioning {
             keys: KeyPool::start(settings.server_key, settings.key_pool_size),
             certificate_rates: Buckets::new(settings.quotas.create_certificate),
             register_rates: Buckets::new(settings.quotas.register_thing),
+            parsed_templates: Mutex::default(),
             registry,
             ca,
             settings,
@@ -341,7 +347,10 @@ impl FleetProvisioning {
         }
     }
 
-    fn enabled_template(&self, name: &str) -> Result<(TemplateRecord, Template), ErrorResponse> {
+    fn enabled_template(
+        &self,
+        name: &str,
+    ) -> Result<(TemplateRecord, Arc<Template>), ErrorResponse> {
         let record = self.registry.template(name).ok_or_else(|| {
             ErrorResponse::new(
                 404,
@@ -356,10 +365,29 @@ impl FleetProvisioning {
                 format!("template {name} is disabled"),
             ));
         }
+        let template = self.parsed_template(&record)?;
+        Ok((record, template))
+    }
+
+    fn parsed_template(&self, record: &TemplateRecord) -> Result<Arc<Template>, ErrorResponse> {
+        let lock = || {
+            self.parsed_templates
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some((body, template)) = lock().get(&record.name)
+            && *body == record.body
+        {
+            return Ok(Arc::clone(template));
+        }
         let template = Template::parse(&record.body).map_err(|e| {
+            let name = &record.name;
             ErrorResponse::new(500, "InternalFailure", format!("template {name}: {e}"))
         })?;
-        Ok((record, template))
+        let template = Arc::new(template);
+        let parsed = (record.body.clone(), Arc::clone(&template));
+        lock().insert(record.name.clone(), parsed);
+        Ok(template)
     }
 
     /// Everything that could refuse the request, checked before any change;

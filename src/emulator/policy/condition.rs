@@ -74,6 +74,16 @@ impl Condition {
         Ok(Condition { key, set, test })
     }
 
+    pub(super) fn reads_certificate(&self) -> bool {
+        let values: &[Pattern] = match &self.test {
+            Test::Bool(_) => &[],
+            Test::StringEquals(values)
+            | Test::StringNotEquals(values)
+            | Test::StringLike(values) => values,
+        };
+        self.key.reads_certificate() || values.iter().any(Pattern::reads_certificate)
+    }
+
     /// Whether the condition holds; `None` when its key or a value's variable is unresolved.
     pub(super) fn holds(&self, context: &RequestContext<'_>) -> Option<bool> {
         let actual = self.key.values(context)?;

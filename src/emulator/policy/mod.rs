@@ -28,6 +28,7 @@ pub struct PolicyDocument {
     /// The document exactly as it was given, for GetPolicy.
     pub source: String,
     statements: Vec<Statement>,
+    reads_certificate: bool,
 }
 
 /// Why a policy document was refused (the policy author's fault).
@@ -148,8 +149,15 @@ impl PolicyDocument {
         let statements = parse_document(&value)?;
         Ok(PolicyDocument {
             source: json.to_owned(),
+            reads_certificate: statements.iter().any(Statement::reads_certificate),
             statements,
         })
+    }
+
+    /// Whether evaluating this document may read the client certificate's fields
+    /// (`iot:Certificate.*`), in a resource, an action or a condition.
+    pub fn reads_certificate(&self) -> bool {
+        self.reads_certificate
     }
 
     /// This document's verdict alone: `None` when no statement applies.

@@ -35,6 +35,11 @@ pub(super) enum Index {
 }
 
 impl Variable {
+    /// Whether resolving this variable reads the client certificate's fields.
+    pub(super) fn reads_certificate(&self) -> bool {
+        matches!(self, Variable::Certificate { .. })
+    }
+
     pub(super) fn from_name(name: &str) -> Option<Variable> {
         let lower = name.to_ascii_lowercase();
         let variable = match lower.as_str() {
@@ -190,6 +195,12 @@ pub(super) enum PatternError {
 const ESCAPES: [(&str, char); 3] = [("$(*)", '*'), ("$(?)", '?'), ("$($)", '$')];
 
 impl Pattern {
+    pub(super) fn reads_certificate(&self) -> bool {
+        self.pieces
+            .iter()
+            .any(|piece| matches!(piece, Piece::Variable(v) if v.reads_certificate()))
+    }
+
     pub(super) fn parse(text: &str, wildcards: Wildcards) -> Result<Pattern, PatternError> {
         let mut pattern = Pattern { pieces: Vec::new() };
         let mut rest = text;

@@ -57,6 +57,15 @@ impl Statement {
         })
     }
 
+    pub(super) fn reads_certificate(&self) -> bool {
+        let (Resources::Listed(resources) | Resources::AllExcept(resources)) = &self.resources;
+        self.actions
+            .iter()
+            .chain(resources)
+            .any(Pattern::reads_certificate)
+            || self.conditions.iter().any(Condition::reads_certificate)
+    }
+
     /// Whether this statement's effect applies to the request.
     pub(super) fn applies(
         &self,

@@ -2,9 +2,11 @@
 //! rules on it, `iot:Connect`, and the takeover of the client id and its parked session.
 //! A refused CONNECT is answered the way each protocol version allows.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::Framed;
@@ -17,7 +19,7 @@ use crate::emulator::broker::parked::ParkedSession;
 use crate::emulator::broker::router::Eviction;
 use crate::emulator::broker::session::{self, ClientIdError};
 use crate::emulator::broker::{Shared, metric};
-use crate::emulator::policy::{Action, CertificateFields};
+use crate::emulator::policy::Action;
 use crate::emulator::tls::{self, Refusal};
 use crate::emulator::topic;
 
@@ -29,17 +31,18 @@ const INITIAL_BUFFER_BYTES: usize = 512;
 /// Who is on the other end of the TLS connection, read once at the handshake.
 pub(super) struct PeerCertificate {
     pub(super) id: String,
-    pub(super) fields: Option<CertificateFields>,
+    pub(super) der: CertificateDer<'static>,
 }
 
-pub(super) async fn open(tcp: TcpStream, shared: &Arc<Shared>) -> Option<Connection> {
+/// `ip` is the client's address as the listener accepted it.
+pub(super) async fn open(tcp: TcpStream, ip: IpAddr, shared: &Arc<Shared>) -> Option<Connection> {
     let deadline = Instant::now() + shared.config.connect_timeout;
     let Some((wire, certificate)) = accept_tls(tcp, shared, deadline).await else {
         metric::connect_outcome("tls_refused");
         return None;
     };
     tracing::Span::current().record("certificate_id", certificate.id.as_str());
-    open_session(wire, certificate, shared, deadline).await
+    open_session(wire, certificate, ip, shared, deadline).await
 }
 
 async fn accept_tls(
@@ -62,13 +65,10 @@ async fn accept_tls(
     let connection = stream.get_ref().1;
     tls::count_handshake(connection);
     let id = tls::peer_certificate_id(connection)?;
-    let der = connection.peer_certificates()?.first()?;
-    let fields = CertificateFields::from_der(der)
-        .inspect_err(|error| debug!(%error, "certificate variables unavailable"))
-        .ok();
+    let der = connection.peer_certificates()?.first()?.clone();
     let codec = MqttCodec::new(shared.config.max_packet_size);
     let wire = Framed::with_capacity(stream, codec, INITIAL_BUFFER_BYTES);
-    Some((wire, PeerCertificate { id, fields }))
+    Some((wire, PeerCertificate { id, der }))
 }
 
 /// Reads the CONNECT, applies AWS's rules and the `iot:Connect` policy, takes over the
@@ -76,6 +76,7 @@ async fn accept_tls(
 async fn open_session(
     mut wire: Wire,
     certificate: PeerCertificate,
+    ip: IpAddr,
     shared: &Arc<Shared>,
     deadline: Instant,
 ) -> Option<Connection> {
@@ -94,7 +95,7 @@ async fn open_session(
     }
     let resumed = take_over(shared, &connect).await;
     Some(Connection::register(
-        wire, connect, authorizer, resumed, shared,
+        wire, connect, authorizer, resumed, ip, shared,
     ))
 }
 
