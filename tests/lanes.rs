@@ -4,15 +4,14 @@
 //! device; and each lane really holds a table of its own, as full as the
 //! limit allows, while the process's own table stops at the limit.
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use fleetsim::identity::store::CredentialStore;
 use fleetsim::lanes::Lanes;
 use fleetsim::observe::faults::FaultKind;
-use fleetsim::observe::{DeviceState, Recorder};
 use fleetsim::run::{RunOptions, connections_needed, execute};
 use fleetsim::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
@@ -61,26 +60,12 @@ slo:
     Scenario::parse(&yaml, Path::new("lanes.yaml")).expect("the test scenario is valid")
 }
 
-/// The most devices the recorder saw online at once, sampled until `stop`.
-async fn peak_online(recorder: Arc<Recorder>, stop: CancellationToken) -> u64 {
-    let mut peak = 0;
-    loop {
-        let snapshot = recorder.snapshot();
-        peak = peak
-            .max(snapshot.devices(DeviceState::Online) + snapshot.devices(DeviceState::Rotating));
-        tokio::select! {
-            _ = stop.cancelled() => return peak,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_larger_than_the_open_file_limit_runs_over_lanes_by_itself() {
     lower_open_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let scenario = scenario(dir.path());
-    let (tap, mut tapped) = tokio::sync::mpsc::unbounded_channel();
+    let (tap, tapped) = tokio::sync::mpsc::unbounded_channel();
     let options = RunOptions {
         recorder_tap: Some(tap),
         ..RunOptions::default()
@@ -89,14 +74,7 @@ async fn a_fleet_larger_than_the_open_file_limit_runs_over_lanes_by_itself() {
         connections_needed(&scenario, &options) > LIMIT,
         "the fleet must not fit one table"
     );
-    let sampling = CancellationToken::new();
-    let watcher = tokio::spawn({
-        let sampling = sampling.clone();
-        async move {
-            let recorder = tapped.recv().await.expect("the run taps its recorder");
-            peak_online(recorder, sampling).await
-        }
-    });
+    let (sampling, watcher) = support::watch_peak_connected(tapped);
     let summary = execute(&scenario, &options, CancellationToken::new())
         .await
         .expect("the run starts");

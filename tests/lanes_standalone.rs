@@ -7,10 +7,7 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use fleetsim::observe::{DeviceState, Recorder};
 use fleetsim::run::{RunOptions, execute};
 use fleetsim::scenario::Scenario;
 use support::standalone::StandaloneProcess;
@@ -41,37 +38,18 @@ slo:
     Scenario::parse(&yaml, Path::new("lanestandalone.yaml")).expect("the test scenario is valid")
 }
 
-/// The most devices the recorder saw online at once, sampled until `stop`.
-async fn peak_online(recorder: Arc<Recorder>, stop: CancellationToken) -> u64 {
-    let mut peak = 0;
-    loop {
-        peak = peak.max(recorder.snapshot().devices(DeviceState::Online));
-        tokio::select! {
-            _ = stop.cancelled() => return peak,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_emulator_on_lanes_holds_more_connections_than_its_limit() {
     rlimit::Resource::NOFILE.set(LIMIT, LIMIT).unwrap();
     let state = tempfile::tempdir().unwrap();
     let emulator = StandaloneProcess::start_with(state.path(), "365d", (0, 0), &["--lanes", "3"]);
-    let (tap, mut tapped) = tokio::sync::mpsc::unbounded_channel();
+    let (tap, tapped) = tokio::sync::mpsc::unbounded_channel();
     let options = RunOptions {
         emulator: Some(state.path().to_owned()),
         recorder_tap: Some(tap),
         ..RunOptions::default()
     };
-    let sampling = CancellationToken::new();
-    let watcher = tokio::spawn({
-        let sampling = sampling.clone();
-        async move {
-            let recorder = tapped.recv().await.expect("the run taps its recorder");
-            peak_online(recorder, sampling).await
-        }
-    });
+    let (sampling, watcher) = support::watch_peak_connected(tapped);
     let summary = execute(&scenario(), &options, CancellationToken::new())
         .await
         .expect("the run starts");

@@ -128,3 +128,34 @@ pub fn decode<T: serde::de::DeserializeOwned>(
 }
 
 pub mod standalone;
+
+/// Watches a run's recorder (sent through `RunOptions::recorder_tap`) and,
+/// once the returned token is cancelled, answers the most devices it saw
+/// connected at once (online or rotating).
+pub fn watch_peak_connected(
+    mut tapped: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<fleetsim::observe::Recorder>>,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<u64>,
+) {
+    use fleetsim::observe::DeviceState;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let recorder = tapped.recv().await.expect("the run taps its recorder");
+            let mut peak = 0;
+            loop {
+                let snapshot = recorder.snapshot();
+                let connected =
+                    snapshot.devices(DeviceState::Online) + snapshot.devices(DeviceState::Rotating);
+                peak = peak.max(connected);
+                tokio::select! {
+                    _ = stop.cancelled() => return peak,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    });
+    (stop, watcher)
+}
