@@ -93,6 +93,11 @@ fn a_small_fleet_provisions_idles_and_rotates_with_its_ceiling_beside_it() {
     host_is_described(&results, "host_before");
     assert_eq!(results["devices"], 12);
     assert_eq!(results["failures"], 0, "{results:#}");
+    assert_eq!(
+        results["failure_reasons"],
+        serde_json::json!([]),
+        "no reason without a failure"
+    );
     assert_eq!(results["bricked"], 0);
     positive(&results, "first_online_seconds");
     positive(&results, "all_online_seconds");

@@ -88,6 +88,9 @@ pub struct FleetResults {
     /// p50/p99 of every step, from the run's report.
     pub steps: Vec<Step>,
     pub failures: u64,
+    /// The run report's failures by operation and reason, so that a run
+    /// that went wrong says how.
+    pub failure_reasons: Vec<crate::observe::report::FailureCount>,
     pub bricked: u64,
     pub devices_failed: u64,
 }
@@ -291,6 +294,7 @@ impl FleetBench {
             ceiling_after: None,
             steps: steps(report),
             failures: report.failures.iter().map(|f| f.count).sum(),
+            failure_reasons: report.failures.clone(),
             bricked: report.bricked,
             devices_failed: report.devices_failed,
         }
