@@ -32,7 +32,6 @@
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
@@ -74,7 +73,6 @@ pub struct Lanes {
 struct Inner {
     handles: Vec<Handle>,
     stops: Vec<oneshot::Sender<()>>,
-    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Lanes {
@@ -97,18 +95,17 @@ impl Lanes {
         let mut inner = Inner {
             handles: runtimes.iter().map(|r| r.handle().clone()).collect(),
             stops: Vec::with_capacity(count),
-            threads: Vec::with_capacity(count),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         for (lane, runtime) in runtimes.into_iter().enumerate() {
             let (stop, stopped) = oneshot::channel();
             let ready = ready_tx.clone();
-            let thread = std::thread::Builder::new()
+            // Detached: a lane ends on its own once told to stop.
+            std::thread::Builder::new()
                 .name(format!("fleetsim-lane-{lane}"))
                 .spawn(move || run_lane(lane, runtime, stopped, ready))
                 .map_err(|source| LaneError::Thread { lane, source })?;
             inner.stops.push(stop);
-            inner.threads.push(thread);
         }
         drop(ready_tx);
         let lanes = Lanes {
@@ -157,7 +154,6 @@ impl Drop for Inner {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
-        self.threads.clear();
     }
 }
 

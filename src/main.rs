@@ -870,15 +870,17 @@ fn raise_open_file_limit(connections: u64, lanes: Spread) -> Result<u64, String>
         Ok(()) => return Ok(wanted),
         Err(refused) => refused,
     };
+    if lanes == Spread::OneTable {
+        return Err(format!(
+            "{connections} connections need about {wanted} open files, but the limit is \
+             {soft} (hard {hard}) and cannot be raised: {refused}; raise it with `ulimit -n \
+             {wanted}` (as root) or in /etc/security/limits.conf"
+        ));
+    }
     Resource::NOFILE
         .set(hard, hard)
         .map_err(|e| format!("cannot raise the open-file limit to {hard}: {e}"))?;
     match fleetsim::lanes::needed(connections, hard) {
-        _ if lanes == Spread::OneTable => Err(format!(
-            "{connections} connections need about {wanted} open files, but the limit is \
-             {soft} (hard {hard}) and cannot be raised: {refused}; raise it with `ulimit -n \
-             {wanted}` (as root) or in /etc/security/limits.conf"
-        )),
         None => Ok(hard),
         Some(lanes) if lanes <= fleetsim::lanes::MAX_LANES => {
             tracing::info!(
