@@ -206,6 +206,9 @@ enum BenchKind {
         /// Seconds per flow of the crypto ceiling.
         #[arg(long, default_value_t = 3.0)]
         ceiling_seconds: f64,
+        /// Descriptor lanes, as for `fleetsim run --lanes`.
+        #[arg(long)]
+        lanes: Option<usize>,
     },
     /// Memory of an online idle fleet, the emulator in its own process.
     Memory {
@@ -796,7 +799,8 @@ fn bench(kind: BenchKind, output: Option<PathBuf>) -> ExitCode {
                 devices,
                 rate,
                 ceiling_seconds,
-            } => bench::provision(devices, rate, ceiling_seconds)
+                lanes,
+            } => bench::provision(devices, rate, ceiling_seconds, lanes)
                 .await
                 .map(to_json),
             BenchKind::Memory { devices, rate } => bench::memory(devices, rate).await.map(to_json),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_iot::error::ProvideErrorMetadata;
@@ -707,4 +708,97 @@ async fn requests_are_counted_by_operation_and_outcome() {
         )),
         "{text}"
     );
+}
+
+/// A loopback relay in front of the control API that holds every chunk a
+/// client sends for `delay` before passing it on, so that requests overlap,
+/// and records the most client connections it held open at once.
+async fn slow_relay(upstream: SocketAddr, delay: Duration) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let peak = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let recorded = Arc::clone(&peak);
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            recorded.fetch_max(now, Ordering::SeqCst);
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                relay(client, upstream, delay).await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, peak)
+}
+
+async fn relay(client: tokio::net::TcpStream, upstream: SocketAddr, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = async {
+        let mut buffer = vec![0; 16 * 1024];
+        while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+            tokio::time::sleep(delay).await;
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let answers = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        _ = requests => {}
+        _ = answers => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_retirements_opens_connections_by_the_in_flight_bound_not_by_its_size() {
+    const DEVICES: usize = 300;
+    let emulator = emulator().await;
+    let (url, peak) = slow_relay(emulator.api.local_addr(), Duration::from_millis(20)).await;
+    let control = ControlPlane::for_endpoint(&url, REGION);
+    let certificates: Vec<(String, String)> = (0..DEVICES)
+        .map(|i| {
+            let thing = format!("wave-{i:03}");
+            let id = emulator.thing_with_certificates(&thing, 1).remove(0);
+            (thing, id)
+        })
+        .collect();
+
+    let retirements: Vec<_> = certificates
+        .iter()
+        .cloned()
+        .map(|(thing, id)| {
+            let control = control.clone();
+            tokio::spawn(async move { control.retire_certificate(&thing, &id).await })
+        })
+        .collect();
+    for retirement in retirements {
+        retirement.await.expect("task").expect("retired");
+    }
+
+    for (thing, id) in &certificates {
+        assert!(!emulator.registry.is_attached(thing, id));
+        assert_eq!(
+            emulator.registry.certificate_status(id),
+            Some(CertificateStatus::Revoked)
+        );
+    }
+    // A connection goes back to the SDK's pool a moment after its answer
+    // frees a place, so a few more than the places can be open at once;
+    // without the bound there would be about one per retirement.
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 2 * fleetsim::control::MAX_IN_FLIGHT,
+        "{peak} connections open at once for {DEVICES} retirements"
+    );
+    assert!(peak > 1, "the retirements overlapped ({peak} connections)");
 }

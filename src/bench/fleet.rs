@@ -54,6 +54,9 @@ pub struct FleetBench {
     /// A running standalone emulator (state directory) instead of the
     /// in-process one; its process id, to read its memory.
     pub standalone: Option<(PathBuf, u32)>,
+    /// Descriptor lanes for the run (`RunOptions::lanes`): `None` lets the
+    /// run decide from the open-file limit.
+    pub lanes: Option<usize>,
 }
 
 /// The results of one fleet benchmark.
@@ -185,6 +188,7 @@ impl FleetBench {
             emulator: self.standalone.as_ref().map(|(dir, _)| dir.clone()),
             source_addresses: sources.clone(),
             recorder_tap: Some(tap),
+            lanes: self.lanes,
             ..RunOptions::default()
         };
         let host_before = HostInfo::now();

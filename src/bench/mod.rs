@@ -59,11 +59,12 @@ pub async fn ceiling(key_exchange: KeyExchange, seconds: f64) -> Result<CryptoCe
 /// Provisioning and a rotation wave, with the ceiling measured just before
 /// and just after in the same process (the ratios take the higher). Without
 /// a `rate`, devices arrive at 80% of the first ceiling, which a fleetsim
-/// that reaches its target keeps up with.
+/// that reaches its target keeps up with. `lanes` as `fleetsim run --lanes`.
 pub async fn provision(
     devices: u64,
     rate: Option<f64>,
     ceiling_seconds: f64,
+    lanes: Option<usize>,
 ) -> Result<FleetResults, BenchError> {
     let ceiling = ceiling(KeyExchange::default(), ceiling_seconds).await?;
     let rate = rate.unwrap_or(0.8 * ceiling.provisionings_per_second);
@@ -72,6 +73,7 @@ pub async fn provision(
         rate,
         then: Then::Rotate,
         standalone: None,
+        lanes,
     };
     let results = bench.run(Some(ceiling)).await?;
     let after = self::ceiling(KeyExchange::default(), ceiling_seconds).await?;
@@ -88,6 +90,7 @@ pub async fn memory(devices: u64, rate: f64) -> Result<FleetResults, BenchError>
         rate,
         then: Then::Idle,
         standalone: Some((state.path().to_owned(), emulator.pid())),
+        lanes: None,
     };
     let results = bench.run(None).await;
     emulator.stop().await;
@@ -111,6 +114,7 @@ pub async fn telemetry(
             rate,
             then,
             standalone: None,
+            lanes: None,
         };
         return bench.run(None).await;
     }
@@ -121,6 +125,7 @@ pub async fn telemetry(
         rate,
         then,
         standalone: Some((state.path().to_owned(), emulator.pid())),
+        lanes: None,
     };
     let results = bench.run(None).await;
     emulator.stop().await;

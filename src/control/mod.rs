@@ -18,6 +18,7 @@ use aws_sdk_iot::config::timeout::TimeoutConfig;
 use aws_sdk_iot::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_iot::primitives::DateTime;
 use aws_sdk_iot::types::CertificateStatus;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use self::error::ControlError;
 pub use self::policy_set::{
@@ -33,6 +34,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for an operation, retries included.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Device-driven operations in flight at once over one client. The SDK
+/// opens a connection for every request that finds none idle, and keeps it
+/// pooled: a rotation wave of a large fleet would otherwise hold thousands
+/// of connections on both ends, enough to exhaust the open-file limit of
+/// the control plane's process and of the fleet's. Beyond this many,
+/// requests queue here, which also spares a real account's API rate.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// A shared control-plane client.
 #[derive(Clone)]
@@ -46,6 +54,8 @@ pub struct ControlPlane {
     throttled: ThrottleCount,
     /// The fleet's rate limit per operation, when the run paces itself.
     pacer: Option<Arc<Pacer>>,
+    /// Permits for device-driven operations, [`MAX_IN_FLIGHT`] in all.
+    in_flight: Arc<Semaphore>,
 }
 
 /// What DescribeCertificate says about a certificate.
@@ -102,6 +112,7 @@ impl ControlPlane {
             certificate_arn_prefix: Arc::new(OnceLock::new()),
             throttled,
             pacer: None,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -123,6 +134,15 @@ impl ControlPlane {
         }
     }
 
+    /// Waits for a free place among the operations in flight; the place is
+    /// held until the returned permit is dropped.
+    async fn place(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.in_flight)
+            .acquire_owned()
+            .await
+            .expect("invariant: the semaphore is never closed")
+    }
+
     /// The raw SDK client, for operations this type does not wrap.
     pub fn client(&self) -> &Client {
         &self.client
@@ -136,6 +156,7 @@ impl ControlPlane {
         certificate_id: &str,
     ) -> Result<(), ControlError> {
         let arn = self.certificate_arn(certificate_id).await?;
+        let _place = self.place().await;
         self.pace("DetachThingPrincipal").await;
         self.client
             .detach_thing_principal()
@@ -161,6 +182,7 @@ impl ControlPlane {
         certificate_id: &str,
     ) -> Result<CertificateSummary, ControlError> {
         const OPERATION: &str = "DescribeCertificate";
+        let _place = self.place().await;
         self.pace(OPERATION).await;
         let output = self
             .client
@@ -202,6 +224,7 @@ impl ControlPlane {
             .into_paginator()
             .send();
         let mut ids = Vec::new();
+        let _place = self.place().await;
         self.pace("ListThingPrincipals").await;
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| ControlError::from_sdk("ListThingPrincipals", thing, e))?;
