@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::console::{self, Access, ConsoleHandle, ConsoleSources, FleetSources, HandsOn};
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
@@ -19,7 +19,7 @@ use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
 use crate::device::live::LiveTable;
 use crate::device::mqtt::{ConnectSettings, Endpoint, SourceAddresses};
 use crate::device::{ClaimSlot, DeviceContext, DeviceFaults, DeviceOutcome, TelemetrySettings};
-use crate::device::{prove_refused, prove_works};
+use crate::device::{Proof, probe};
 use crate::emulator::faults::EmulatorFaults;
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
@@ -31,7 +31,7 @@ use crate::observe::faults::{FailedDevices, FaultKind, FaultLog, FaultSection};
 use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
 use crate::observe::report::{FinalCheck, Report};
-use crate::observe::{Recorder, metrics};
+use crate::observe::{FailureReason, Recorder, metrics};
 use crate::pacing::Pacer;
 use crate::scenario::{
     self, CredentialStorage, ProvisioningMethod, Qos, Scenario, SerialPattern, format_duration,
@@ -897,6 +897,8 @@ fn start_lanes(scenario: &Scenario, options: &RunOptions) -> Result<Option<Lanes
 
 /// Proves, from the outside, what every device left behind: its current
 /// certificate still connects, and every certificate it retired is refused.
+/// A device whose proof could not be had either way (the check's own
+/// connection timed out, say) is counted as unverified, with the reason.
 async fn final_check(
     context: &Arc<DeviceContext>,
     outcomes: &[DeviceOutcome],
@@ -915,19 +917,7 @@ async fn final_check(
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let works = match &current {
-                Some(credentials) => {
-                    prove_works(&context.connect, &context.tls, &thing, credentials).await
-                }
-                None => false,
-            };
-            let mut accepted = 0;
-            for old in &retired {
-                if !prove_refused(&context.connect, &context.tls, &thing, old).await {
-                    accepted += 1;
-                }
-            }
-            (works, retired.len() as u64, accepted)
+            check_device(&context, &thing, current.as_ref(), &retired).await
         });
     }
     let mut check = FinalCheck {
@@ -939,22 +929,78 @@ async fn final_check(
             .collect(),
         ..FinalCheck::default()
     };
-    while let Some(Ok((works, retired, accepted))) = checks.join_next().await {
-        if works {
-            check.provisioned += 1;
-        } else {
-            check.bricked += 1;
-        }
-        check.retired_certificates += retired;
-        check.retired_still_accepted += accepted;
+    while let Some(Ok(device)) = checks.join_next().await {
+        device.record(&mut check);
     }
     info!(
         provisioned = check.provisioned,
         bricked = check.bricked,
+        unverified = check.unverified_devices(),
         retired = check.retired_certificates,
         "end-of-run identity check done"
     );
     check
+}
+
+/// One device's end-of-run proofs.
+async fn check_device(
+    context: &DeviceContext,
+    thing: &str,
+    current: Option<&Credentials>,
+    retired: &[Credentials],
+) -> DeviceCheck {
+    let current = match current {
+        Some(credentials) => probe(&context.connect, &context.tls, thing, credentials).await,
+        None => Proof::Refused,
+    };
+    let mut device = DeviceCheck {
+        current,
+        retired: Vec::with_capacity(retired.len()),
+    };
+    for old in retired {
+        let proof = probe(&context.connect, &context.tls, thing, old).await;
+        device.retired.push(proof);
+    }
+    if let Some(reason) = device.inconclusive() {
+        debug!(
+            thing,
+            reason = reason.as_str(),
+            "identity could not be checked"
+        );
+    }
+    device
+}
+
+/// What the end-of-run check proved about one device.
+struct DeviceCheck {
+    current: Proof,
+    retired: Vec<Proof>,
+}
+
+impl DeviceCheck {
+    /// Why a proof of this device could not be had, if one could not.
+    fn inconclusive(&self) -> Option<FailureReason> {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .find_map(|proof| match proof {
+                Proof::Inconclusive(reason) => Some(*reason),
+                Proof::Works | Proof::Refused => None,
+            })
+    }
+
+    fn record(&self, check: &mut FinalCheck) {
+        match self.current {
+            Proof::Works => check.provisioned += 1,
+            Proof::Refused => check.bricked += 1,
+            Proof::Inconclusive(_) => {}
+        }
+        if let Some(reason) = self.inconclusive() {
+            *check.unverified.entry(reason).or_default() += 1;
+        }
+        check.retired_certificates += self.retired.len() as u64;
+        let accepted = self.retired.iter().filter(|p| **p == Proof::Works).count();
+        check.retired_still_accepted += accepted as u64;
+    }
 }
 
 fn write_report(report: &Report, path: Option<&Path>) -> Result<(), RunError> {

@@ -258,6 +258,30 @@ fn table_shows_every_operation_and_verdict() {
 }
 
 #[test]
+fn an_unverified_device_fails_the_report_and_says_why() {
+    let recorder = Recorder::new("unverified");
+    let check = FinalCheck {
+        provisioned: 9,
+        unverified: [(FailureReason::Timeout, 1)].into(),
+        ..clean_check(10)
+    };
+    let report = build(&recorder, &Slo::default(), &check);
+
+    assert_eq!(report.bricked, 0);
+    assert_eq!(report.unverified, 1);
+    assert_eq!(report.unverified_reasons["timeout"], 1);
+    assert!(!report.passed(), "nothing was proved about one device");
+    let table = report.render_table();
+    assert!(
+        table.contains("unverified devices: 1 (timeout 1)"),
+        "{table}"
+    );
+    let json = report.to_json_pretty().unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
+}
+
+#[test]
 fn json_report_round_trips_with_exact_histograms() {
     let recorder = recorder_with_connects("json");
     recorder.failure(Op::Rotate, FailureReason::ControlPlane);

@@ -95,6 +95,9 @@ pub struct FleetResults {
     /// that went wrong says how.
     pub failure_reasons: Vec<crate::observe::report::FailureCount>,
     pub bricked: u64,
+    /// Devices the end-of-run check could prove neither way, by reason.
+    pub unverified: u64,
+    pub unverified_reasons: std::collections::BTreeMap<String, u64>,
     pub devices_failed: u64,
 }
 
@@ -300,6 +303,8 @@ impl FleetBench {
             failures: report.failures.iter().map(|f| f.count).sum(),
             failure_reasons: report.failures.clone(),
             bricked: report.bricked,
+            unverified: report.unverified,
+            unverified_reasons: report.unverified_reasons.clone(),
             devices_failed: report.devices_failed,
         }
     }

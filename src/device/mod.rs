@@ -15,5 +15,5 @@ mod storage;
 pub mod task;
 
 pub use faults::DeviceFaults;
-pub use rotate::{prove_refused, prove_works};
+pub use rotate::{Proof, probe, prove_refused, prove_works};
 pub use task::{ClaimSlot, DeviceContext, DeviceOutcome, TelemetrySettings};

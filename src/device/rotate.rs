@@ -241,6 +241,17 @@ impl Device {
 /// a refusal nor a working connection (a timeout under load, say).
 const PROOF_ATTEMPTS: u32 = 3;
 
+/// What connecting once with a set of credentials proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// They opened a working session.
+    Works,
+    /// The server refused them at the TLS handshake.
+    Refused,
+    /// Neither, after every attempt; the last attempt failed for this reason.
+    Inconclusive(FailureReason),
+}
+
 /// Whether `credentials` are refused at the handshake. A working
 /// connection disproves it; an inconclusive answer is not a proof either.
 pub async fn prove_refused(
@@ -249,7 +260,7 @@ pub async fn prove_refused(
     client_id: &str,
     credentials: &Credentials,
 ) -> bool {
-    probe(connect, tls, client_id, credentials).await == Some(false)
+    probe(connect, tls, client_id, credentials).await == Proof::Refused
 }
 
 /// Whether `credentials` still open a working session as `client_id`.
@@ -259,30 +270,37 @@ pub async fn prove_works(
     client_id: &str,
     credentials: &Credentials,
 ) -> bool {
-    probe(connect, tls, client_id, credentials).await == Some(true)
+    probe(connect, tls, client_id, credentials).await == Proof::Works
 }
 
-/// Connects once with `credentials` to learn whether they are accepted
-/// (`Some(true)`) or refused at the handshake (`Some(false)`). Anything
-/// else (a timeout under load, say) is retried, and stays `None` if it
-/// never resolves.
-async fn probe(
+/// Connects as `client_id` with `credentials` to learn whether they are
+/// accepted or refused at the handshake. Any other outcome (a timeout under
+/// load, say) is retried, and stays inconclusive if it never resolves.
+pub async fn probe(
     connect: &ConnectSettings,
     tls: &TlsSettings,
     client_id: &str,
     credentials: &Credentials,
-) -> Option<bool> {
-    let tls = tls.client_config(credentials).ok()?;
+) -> Proof {
+    let Ok(tls) = tls.client_config(credentials) else {
+        return Proof::Inconclusive(FailureReason::Protocol);
+    };
+    let mut last = FailureReason::Connection;
     for attempt in 1..=PROOF_ATTEMPTS {
         match Session::connect(connect, client_id, tls.clone()).await {
             Ok(session) => {
                 session.disconnect().await;
-                return Some(true);
+                return Proof::Works;
             }
-            Err(error) if error.reason == FailureReason::TlsRefused => return Some(false),
-            Err(_) if attempt < PROOF_ATTEMPTS => sleep(Duration::from_millis(200)).await,
-            Err(_) => {}
+            Err(error) if error.reason == FailureReason::TlsRefused => return Proof::Refused,
+            Err(error) => {
+                debug!(client_id, attempt, error = %error, "proof inconclusive");
+                last = error.reason;
+                if attempt < PROOF_ATTEMPTS {
+                    sleep(Duration::from_millis(200)).await;
+                }
+            }
         }
     }
-    None
+    Proof::Inconclusive(last)
 }

@@ -135,6 +135,8 @@ pub fn merge(reports: &[NamedReport]) -> Result<Report, MergeError> {
         failures: merge_failures(reports),
         rotations: merge_rotations(reports),
         bricked: sum(|r| r.bricked),
+        unverified: sum(|r| r.unverified),
+        unverified_reasons: merge_unverified_reasons(reports),
         retired_certificates: sum(|r| r.retired_certificates),
         retired_still_accepted: sum(|r| r.retired_still_accepted),
         slo: Vec::new(),
@@ -316,6 +318,14 @@ fn merge_failures(reports: &[NamedReport]) -> Vec<FailureCount> {
         .collect()
 }
 
+fn merge_unverified_reasons(reports: &[NamedReport]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for (reason, count) in reports.iter().flat_map(|r| &r.report.unverified_reasons) {
+        *counts.entry(reason.clone()).or_default() += count;
+    }
+    counts
+}
+
 fn merge_rotations(reports: &[NamedReport]) -> Rotations {
     let all = || reports.iter().map(|r| &r.report.rotations);
     let devices: u64 = all().map(|r| r.devices).sum();
@@ -355,7 +365,9 @@ fn remeasure(name: &str, merged: &Report) -> Option<Option<f64>> {
         "provisioning_p99" => p99(Op::Provision),
         "max_failure_ratio" => Some(failure_ratio(merged)),
         "min_rotations_per_device" => merged.rotations.per_device_min.map(|n| n as f64),
-        slo::INVARIANT => Some((merged.bricked + merged.retired_still_accepted) as f64),
+        slo::INVARIANT => {
+            Some((merged.bricked + merged.unverified + merged.retired_still_accepted) as f64)
+        }
         _ => return None,
     };
     Some(measured)

@@ -5,6 +5,7 @@
 //! The JSON carries every HDR histogram losslessly (V2 deflate, base64) so
 //! that the reports of several shards can be merged exactly later.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -27,14 +28,24 @@ pub struct FinalCheck {
     pub devices: u64,
     /// Devices that ended with a thing and an active certificate.
     pub provisioned: u64,
-    /// Devices left without a working identity.
+    /// Devices whose current certificate was refused, or that had none.
     pub bricked: u64,
+    /// Devices with a proof that could not be had either way (the check's
+    /// own connection timed out, say), by the reason of the last attempt.
+    pub unverified: BTreeMap<FailureReason, u64>,
     /// Certificates revoked by rotations.
     pub retired_certificates: u64,
     /// Retired certificates the server still let connect.
     pub retired_still_accepted: u64,
     /// Rotations each provisioned device completed, one entry per device.
     pub rotations_per_device: Vec<u64>,
+}
+
+impl FinalCheck {
+    /// Devices with at least one proof that could not be had.
+    pub fn unverified_devices(&self) -> u64 {
+        self.unverified.values().sum()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +61,13 @@ pub struct Report {
     pub failures: Vec<FailureCount>,
     pub rotations: Rotations,
     pub bricked: u64,
+    /// Devices the end-of-run check could prove neither working nor
+    /// bricked; they fail the invariant too, since nothing was proved.
+    #[serde(default)]
+    pub unverified: u64,
+    /// The unverified devices by why their last proof attempt failed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unverified_reasons: BTreeMap<String, u64>,
     pub retired_certificates: u64,
     pub retired_still_accepted: u64,
     /// Every configured objective, then the invariant.
@@ -151,6 +169,12 @@ impl Report {
             failures: failure_counts(&snapshot),
             rotations: Rotations::build(snapshot.rotations(), &check.rotations_per_device),
             bricked: check.bricked,
+            unverified: check.unverified_devices(),
+            unverified_reasons: check
+                .unverified
+                .iter()
+                .map(|(reason, count)| (reason.as_str().to_owned(), *count))
+                .collect(),
             retired_certificates: check.retired_certificates,
             retired_still_accepted: check.retired_still_accepted,
             passed: slo.iter().all(|verdict| verdict.passed),
@@ -289,6 +313,18 @@ impl Report {
             rotations.total
         );
         let _ = writeln!(out, "bricked devices: {}", self.bricked);
+        let reasons: Vec<String> = (self.unverified_reasons.iter())
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        let _ = match reasons.is_empty() {
+            true => writeln!(out, "unverified devices: {}", self.unverified),
+            false => writeln!(
+                out,
+                "unverified devices: {} ({})",
+                self.unverified,
+                reasons.join(", ")
+            ),
+        };
         let _ = writeln!(
             out,
             "retired certificates: {}, still accepted: {}",
@@ -427,6 +463,7 @@ fn measure(operations: &[OperationReport], check: &FinalCheck, failed: u64) -> M
         failure_ratio: round6(failure_ratio),
         min_rotations_per_device: check.rotations_per_device.iter().copied().min(),
         bricked: check.bricked,
+        unverified: check.unverified_devices(),
         retired_still_accepted: check.retired_still_accepted,
     }
 }

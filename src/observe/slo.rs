@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::scenario::Slo;
 
 /// The name of the always-checked invariant in reports.
-pub const INVARIANT: &str = "no bricked device and no retired certificate accepted";
+pub const INVARIANT: &str = "no bricked or unverified device and no retired certificate accepted";
 
 /// Which side of the threshold passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,7 @@ pub struct Measured {
     pub failure_ratio: f64,
     pub min_rotations_per_device: Option<u64>,
     pub bricked: u64,
+    pub unverified: u64,
     pub retired_still_accepted: u64,
 }
 
@@ -76,7 +77,7 @@ pub fn verdicts(slo: &Slo, measured: &Measured) -> Vec<SloVerdict> {
 }
 
 fn invariant(measured: &Measured) -> SloVerdict {
-    let violations = measured.bricked + measured.retired_still_accepted;
+    let violations = measured.bricked + measured.unverified + measured.retired_still_accepted;
     at_most(INVARIANT, Some(violations as f64), 0.0, "devices")
 }
 
