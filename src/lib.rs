@@ -6,6 +6,7 @@
 //! endpoint. The binary in `main.rs` is a thin command line over this library.
 
 pub mod bench;
+pub mod check;
 pub mod console;
 pub mod control;
 pub mod device;

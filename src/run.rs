@@ -6,20 +6,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::check;
 use crate::console::{self, Access, ConsoleHandle, ConsoleSources, FleetSources, HandsOn};
 use crate::control::{ControlPlane, SetupNames, SetupOutput, SetupSpec};
 use crate::device::lifecycle::{RetryPolicy, RotationSchedule};
 use crate::device::live::LiveTable;
 use crate::device::mqtt::{ConnectSettings, Endpoint, SourceAddresses};
 use crate::device::{ClaimSlot, DeviceContext, DeviceFaults, DeviceOutcome, TelemetrySettings};
-use crate::device::{Proof, probe};
 use crate::emulator::faults::EmulatorFaults;
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::fleet::{self, ArrivalSchedule, FleetPlan, Shard};
@@ -30,17 +29,14 @@ use crate::lanes::{self, Lanes};
 use crate::observe::faults::{FailedDevices, FaultKind, FaultLog, FaultSection};
 use crate::observe::merge::ShardInfo;
 use crate::observe::progress::Progress;
-use crate::observe::report::{FinalCheck, Report};
-use crate::observe::{FailureReason, Recorder, metrics};
+use crate::observe::report::Report;
+use crate::observe::{Recorder, metrics};
 use crate::pacing::Pacer;
 use crate::scenario::{
     self, CredentialStorage, ProvisioningMethod, Qos, Scenario, SerialPattern, format_duration,
 };
 use crate::standalone::{EmulatorInfo, StandaloneError};
 use crate::target::TargetConfig;
-
-/// How many end-of-run identity checks run at once.
-const CHECK_CONCURRENCY: usize = 32;
 
 /// How a run is observed, beside what the scenario says.
 #[derive(Debug, Clone, Default)]
@@ -227,7 +223,7 @@ pub async fn execute(
     let started = Instant::now();
     let restarting = start_restart(restart_plan, &mut emulator, started, &stop);
     let drill = start_drill(scenario, &context, &setup, started, &fault_log);
-    let outcomes = run_fleet(
+    let (outcomes, stopped_at) = run_fleet(
         scenario,
         &plan,
         options,
@@ -248,7 +244,12 @@ pub async fn execute(
         hands_on_stop.cancel();
         console.shutdown().await;
     }
-    let check = final_check(&context, &outcomes, plan.shard_size()).await;
+    let checker = Arc::new(check::Checker {
+        connect: context.connect.clone(),
+        tls: context.tls.clone(),
+        control: Arc::clone(&context.control),
+    });
+    let check = check::final_check(&checker, &outcomes, plan.shard_size(), stopped_at).await;
     let mut report = Report::build(&recorder, &scenario.slo, &check, elapsed)
         .map_err(|e| RunError::Failed(e.to_string()))?;
     report.shard = ShardInfo::of(&plan);
@@ -823,7 +824,8 @@ fn rotation_schedule(scenario: &Scenario) -> Option<RotationSchedule> {
 }
 
 /// Runs the fleet until the scenario's duration is over or the user
-/// interrupts; either way every device is told to disconnect.
+/// interrupts; either way every device is told to disconnect. Returns the
+/// devices' outcomes and when the fleet was told to stop.
 async fn run_fleet(
     scenario: &Scenario,
     plan: &FleetPlan,
@@ -832,28 +834,33 @@ async fn run_fleet(
     recorder: &Arc<Recorder>,
     (interrupt, stop): (CancellationToken, CancellationToken),
     lanes: Option<&Lanes>,
-) -> Vec<DeviceOutcome> {
+) -> (Vec<DeviceOutcome>, SystemTime) {
     let progress = options
         .progress
         .then(|| Progress::start(Arc::clone(recorder), plan.shard_size(), stop.clone()));
     let duration = scenario.run.duration;
+    // Notes when the fleet was told to stop, whoever told it.
     let timer = tokio::spawn({
         let stop = stop.clone();
         async move {
             tokio::select! {
                 _ = tokio::time::sleep(duration) => info!("run duration reached: stopping the fleet"),
                 _ = interrupt.cancelled() => {}
+                _ = stop.cancelled() => {}
             }
             stop.cancel();
+            SystemTime::now()
         }
     });
     info!(run = %scenario.name, devices = plan.shard_size(), shard = %plan.shard, "fleet starting");
     let outcomes = fleet::run(plan, context, Instant::now(), stop.clone(), lanes).await;
-    timer.abort();
+    // Every device gave up before the run's end: the fleet stopped now.
+    stop.cancel();
+    let stopped_at = timer.await.unwrap_or_else(|_| SystemTime::now());
     if let Some(progress) = progress {
         progress.finish();
     }
-    outcomes
+    (outcomes, stopped_at)
 }
 
 /// Sockets a run holds at most: one per device of this shard, and the
@@ -893,114 +900,6 @@ fn start_lanes(scenario: &Scenario, options: &RunOptions) -> Result<Option<Lanes
         "the fleet's sockets are spread over descriptor lanes of their own"
     );
     Ok(Some(started))
-}
-
-/// Proves, from the outside, what every device left behind: its current
-/// certificate still connects, and every certificate it retired is refused.
-/// A device whose proof could not be had either way (the check's own
-/// connection timed out, say) is counted as unverified, with the reason.
-async fn final_check(
-    context: &Arc<DeviceContext>,
-    outcomes: &[DeviceOutcome],
-    devices: u64,
-) -> FinalCheck {
-    let limit = Arc::new(Semaphore::new(CHECK_CONCURRENCY));
-    let mut checks = JoinSet::new();
-    for outcome in outcomes {
-        let Some(thing) = outcome.thing_name.clone() else {
-            continue;
-        };
-        let (context, limit) = (Arc::clone(context), Arc::clone(&limit));
-        let (current, retired) = (outcome.current.clone(), outcome.retired.clone());
-        checks.spawn(async move {
-            let _permit = limit
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            check_device(&context, &thing, current.as_ref(), &retired).await
-        });
-    }
-    let mut check = FinalCheck {
-        devices,
-        rotations_per_device: outcomes
-            .iter()
-            .filter(|o| o.thing_name.is_some())
-            .map(|o| o.rotations)
-            .collect(),
-        ..FinalCheck::default()
-    };
-    while let Some(Ok(device)) = checks.join_next().await {
-        device.record(&mut check);
-    }
-    info!(
-        provisioned = check.provisioned,
-        bricked = check.bricked,
-        unverified = check.unverified_devices(),
-        retired = check.retired_certificates,
-        "end-of-run identity check done"
-    );
-    check
-}
-
-/// One device's end-of-run proofs.
-async fn check_device(
-    context: &DeviceContext,
-    thing: &str,
-    current: Option<&Credentials>,
-    retired: &[Credentials],
-) -> DeviceCheck {
-    let current = match current {
-        Some(credentials) => probe(&context.connect, &context.tls, thing, credentials).await,
-        None => Proof::Refused,
-    };
-    let mut device = DeviceCheck {
-        current,
-        retired: Vec::with_capacity(retired.len()),
-    };
-    for old in retired {
-        let proof = probe(&context.connect, &context.tls, thing, old).await;
-        device.retired.push(proof);
-    }
-    if let Some(reason) = device.inconclusive() {
-        debug!(
-            thing,
-            reason = reason.as_str(),
-            "identity could not be checked"
-        );
-    }
-    device
-}
-
-/// What the end-of-run check proved about one device.
-struct DeviceCheck {
-    current: Proof,
-    retired: Vec<Proof>,
-}
-
-impl DeviceCheck {
-    /// Why a proof of this device could not be had, if one could not.
-    fn inconclusive(&self) -> Option<FailureReason> {
-        std::iter::once(&self.current)
-            .chain(&self.retired)
-            .find_map(|proof| match proof {
-                Proof::Inconclusive(reason) => Some(*reason),
-                Proof::Works | Proof::Refused => None,
-            })
-    }
-
-    fn record(&self, check: &mut FinalCheck) {
-        match self.current {
-            Proof::Works => check.provisioned += 1,
-            Proof::Refused => check.bricked += 1,
-            Proof::Inconclusive(_) => {}
-        }
-        if let Some(reason) = self.inconclusive() {
-            *check.unverified.entry(reason).or_default() += 1;
-        }
-        check.retired_certificates += self.retired.len() as u64;
-        let accepted = self.retired.iter().filter(|p| **p == Proof::Works).count();
-        check.retired_still_accepted += accepted as u64;
-    }
 }
 
 fn write_report(report: &Report, path: Option<&Path>) -> Result<(), RunError> {

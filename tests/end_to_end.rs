@@ -3,6 +3,8 @@
 //! in-process emulator, and everything the run claims is checked again from
 //! the outside: the report, the emulator's registry and the files on disk.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 fn scenario(dir: &Path) -> Scenario {
     // 30 simulated days last 6 real seconds; rotation starts 2 s before
     // expiry, so a device issued at t rotates near t+4, t+8, t+12.
+    let month = support::MONTH_IN_SIX_SECONDS;
     let yaml = format!(
         r#"
 name: e2e
@@ -23,14 +26,7 @@ fleet:
   serial_pattern: "e2e-{{seq:03}}"
 arrival:
   rate: 25/s
-clock:
-  speedup: 432000
-certificates:
-  validity: 30d
-rotation:
-  check_every: 12h
-  renew_before: 10d
-  jitter: 6h
+{month}  jitter: 6h
 telemetry:
   interval: 1s
   qos: 1

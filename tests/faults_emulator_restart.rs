@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 fn scenario(dir: &Path) -> Scenario {
     // 30 simulated days are 6 real seconds, as the emulator issues them.
+    let month = support::MONTH_IN_SIX_SECONDS;
     let yaml = format!(
         r#"
 name: restart
@@ -26,14 +27,7 @@ fleet:
   serial_pattern: "rs-{{seq:03}}"
 arrival:
   rate: 4/s
-clock:
-  speedup: 432000
-certificates:
-  validity: 30d
-rotation:
-  check_every: 12h
-  renew_before: 10d
-  jitter: 6h
+{month}  jitter: 6h
 telemetry:
   interval: 500ms
 run:

@@ -3,6 +3,8 @@
 //! process is back to the tokio tasks and file descriptors it had before
 //! the run started.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 fn scenario(dir: &Path, name: &str) -> Scenario {
+    let month = support::MONTH_IN_SIX_SECONDS;
     let yaml = format!(
         r#"
 name: {name}
@@ -19,14 +22,7 @@ fleet:
   size: 20
 arrival:
   rate: 40/s
-clock:
-  speedup: 432000
-certificates:
-  validity: 30d
-rotation:
-  check_every: 12h
-  renew_before: 10d
-telemetry:
+{month}telemetry:
   interval: 300ms
 run:
   duration: 7s

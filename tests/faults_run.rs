@@ -6,6 +6,8 @@
 //! fault that makes success impossible ends devices `failed` with a named
 //! reason.
 
+mod support;
+
 use std::path::Path;
 
 use fleetsim::identity::store::CredentialStore;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// A fleet of `size` whose 30-day certificates last 6 real seconds and are
 /// renewed 4 seconds after issue, with `faults` appended.
 fn scenario(dir: &Path, name: &str, size: u32, duration: &str, faults: &str) -> Scenario {
+    let month = support::MONTH_IN_SIX_SECONDS;
     let yaml = format!(
         r#"
 name: {name}
@@ -26,14 +29,7 @@ fleet:
   serial_pattern: "{name}-{{seq:03}}"
 arrival:
   rate: 40/s
-clock:
-  speedup: 432000
-certificates:
-  validity: 30d
-rotation:
-  check_every: 12h
-  renew_before: 10d
-  jitter: 6h
+{month}  jitter: 6h
 telemetry:
   interval: 500ms
   qos: 1

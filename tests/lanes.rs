@@ -171,6 +171,7 @@ async fn crashes_drops_and_an_emulator_restart_keep_every_identity_across_lanes(
     // 30-day certificates last 6 real seconds and are renewed 4 s after
     // issue; devices crash, lose connections at the named steps, and the
     // emulator (accepting on every lane) goes down for a second.
+    let month = support::MONTH_IN_SIX_SECONDS;
     let yaml = format!(
         r#"
 name: lanefaults
@@ -179,14 +180,7 @@ fleet:
   serial_pattern: "lf-{{seq:03}}"
 arrival:
   rate: 6/s
-clock:
-  speedup: 432000
-certificates:
-  validity: 30d
-rotation:
-  check_every: 12h
-  renew_before: 10d
-  jitter: 6h
+{month}  jitter: 6h
 telemetry:
   interval: 500ms
   qos: 1

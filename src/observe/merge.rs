@@ -137,6 +137,7 @@ pub fn merge(reports: &[NamedReport]) -> Result<Report, MergeError> {
         bricked: sum(|r| r.bricked),
         unverified: sum(|r| r.unverified),
         unverified_reasons: merge_unverified_reasons(reports),
+        expired_after_stop: sum(|r| r.expired_after_stop),
         retired_certificates: sum(|r| r.retired_certificates),
         retired_still_accepted: sum(|r| r.retired_still_accepted),
         slo: Vec::new(),

@@ -33,6 +33,10 @@ pub struct FinalCheck {
     /// Devices with a proof that could not be had either way (the check's
     /// own connection timed out, say), by the reason of the last attempt.
     pub unverified: BTreeMap<FailureReason, u64>,
+    /// Devices counted provisioned whose current certificate expired after
+    /// the fleet stopped, before the check reached it: proved ACTIVE by
+    /// the control plane instead of a handshake.
+    pub expired_after_stop: u64,
     /// Certificates revoked by rotations.
     pub retired_certificates: u64,
     /// Retired certificates the server still let connect.
@@ -68,6 +72,11 @@ pub struct Report {
     /// The unverified devices by why their last proof attempt failed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unverified_reasons: BTreeMap<String, u64>,
+    /// Provisioned devices whose current certificate expired after the
+    /// fleet stopped and before the check reached it, proved ACTIVE by the
+    /// control plane instead of a handshake.
+    #[serde(default)]
+    pub expired_after_stop: u64,
     pub retired_certificates: u64,
     pub retired_still_accepted: u64,
     /// Every configured objective, then the invariant.
@@ -175,6 +184,7 @@ impl Report {
                 .iter()
                 .map(|(reason, count)| (reason.as_str().to_owned(), *count))
                 .collect(),
+            expired_after_stop: check.expired_after_stop,
             retired_certificates: check.retired_certificates,
             retired_still_accepted: check.retired_still_accepted,
             passed: slo.iter().all(|verdict| verdict.passed),
@@ -325,6 +335,13 @@ impl Report {
                 reasons.join(", ")
             ),
         };
+        if self.expired_after_stop > 0 {
+            let _ = writeln!(
+                out,
+                "expired after the fleet stopped, proved active by the control plane: {}",
+                self.expired_after_stop
+            );
+        }
         let _ = writeln!(
             out,
             "retired certificates: {}, still accepted: {}",

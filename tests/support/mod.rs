@@ -13,6 +13,19 @@ use fleetsim::identity::tls::client_config;
 
 pub const TEMPLATE: &str = "fleetsim-fleet";
 
+/// Scenario lines that compress a month into seconds: one simulated day
+/// lasts 0.2 real seconds, so certificates of 30 days last 6 s and are
+/// renewed from 10 days (2 s) before they expire, checked every 12 h.
+pub const MONTH_IN_SIX_SECONDS: &str = "\
+clock:
+  speedup: 432000
+certificates:
+  validity: 30d
+rotation:
+  check_every: 12h
+  renew_before: 10d
+";
+
 /// A running emulator configured with the repository's policies and template.
 pub struct Target {
     pub emulator: Emulator,
