@@ -109,7 +109,8 @@ enum Command {
     Bench {
         #[command(subcommand)]
         kind: BenchKind,
-        /// Where to write the results (default benches/results/<kind>.json).
+        /// Where to write the results (default benches/results/local/<kind>.json,
+        /// which git ignores; the recorded results are beside it).
         #[arg(long, global = true)]
         output: Option<PathBuf>,
     },
@@ -267,7 +268,9 @@ impl BenchKind {
             BenchKind::Telemetry { devices, .. } => format!("telemetry-{devices}"),
             BenchKind::Mosquitto { devices, .. } => format!("mosquitto-{devices}"),
         };
-        PathBuf::from("benches/results").join(format!("{name}.json"))
+        // Not beside the recorded results that BENCHMARKS.md quotes: a run
+        // on another machine must not overwrite them unasked.
+        PathBuf::from("benches/results/local").join(format!("{name}.json"))
     }
 
     /// Whether the benchmark's fleet can go over descriptor lanes: those
@@ -347,11 +350,38 @@ struct EmulatorArgs {
     lanes: usize,
 }
 
-/// The quotas named on the command line, on top of "unlimited".
+/// A run's report is written at its end: a folder that is not there is
+/// refused before the run, not after it.
+fn report_folder_exists(path: &std::path::Path) -> Result<(), String> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => std::path::Path::new("."),
+    };
+    if folder.is_dir() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--report {}: the folder {} does not exist; create it first",
+            path.display(),
+            folder.display()
+        ))
+    }
+}
+
+/// The emulator's quotas named on the command line, on top of "unlimited".
+/// The emulator does not throttle MQTT connects, so a connect quota is
+/// refused rather than accepted and ignored.
 fn parse_quotas(assignments: &[String]) -> Result<fleetsim::pacing::Quotas, String> {
     let mut quotas = fleetsim::pacing::Quotas::default();
     for assignment in assignments {
         quotas.set(assignment).map_err(|e| format!("--quota {e}"))?;
+    }
+    if quotas.connect.is_some() || quotas.connect_per_client_id.is_some() {
+        return Err(
+            "--quota connect and connect_per_client_id: the emulator does not throttle MQTT \
+             connects; the scenario's `pacing` section paces the fleet's own connects"
+                .to_owned(),
+        );
     }
     Ok(quotas)
 }
@@ -407,6 +437,9 @@ fn main() -> ExitCode {
                 Ok(quotas) => quotas,
                 Err(error) => return cannot(error),
             };
+            if let Some(Err(error)) = report.as_deref().map(report_folder_exists) {
+                return cannot(error);
+            }
             let console = match console.map(|addr| console_options(addr, console_no_auth)) {
                 Some(Err(code)) => return code,
                 Some(Ok(options)) => Some(options),

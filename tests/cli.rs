@@ -75,6 +75,40 @@ fn a_missing_scenario_file_cannot_start() {
 }
 
 #[test]
+fn a_report_into_a_missing_folder_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "small.yaml", SMALL);
+    let args = ["run", &file, "--no-metrics", "--report", "nodir/r.json"];
+    let out = fleetsim(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--report nodir/r.json: the folder nodir does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_emulator_connect_quota_is_refused_rather_than_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "small.yaml", SMALL);
+    let args = [
+        "run",
+        &file,
+        "--no-metrics",
+        "--emulator-quota",
+        "connect=1",
+    ];
+    let out = fleetsim(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the emulator does not throttle MQTT connects"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_metrics_address_in_use_cannot_start_and_says_so_instead_of_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "small.yaml", SMALL);

@@ -11,7 +11,9 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 
 /// Units accepted in durations, with their length in nanoseconds, longest suffix first
 /// so that `ms` is not read as `m`.
-const DURATION_UNITS: [(&str, u128); 5] = [
+// `min` as rates spell minutes (`30/min`).
+const DURATION_UNITS: [(&str, u128); 6] = [
+    ("min", 60 * NANOS_PER_SECOND),
     ("ms", 1_000_000),
     ("s", NANOS_PER_SECOND),
     ("m", 60 * NANOS_PER_SECOND),
@@ -57,7 +59,7 @@ fn split_duration_unit(text: &str) -> Option<(&str, u128)> {
 
 fn duration_unit_reason(text: &str) -> String {
     if parse_decimal(text).is_some() {
-        format!("`{text}` has no unit; add one, e.g. {text}s (units: ms, s, m, h, d)")
+        format!("`{text}` has no unit; add one, e.g. {text}s (units: ms, s, m or min, h, d)")
     } else {
         format!("`{text}` is not a duration like 250ms, 1.5s, 10m, 6h or 30d")
     }
@@ -293,6 +295,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("10min"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(21_600)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
         assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
