@@ -139,9 +139,12 @@ pub async fn execute(
     // descriptor open when it starts.
     let lanes = start_lanes(scenario, options)?;
     let metrics_handle = match options.metrics {
-        Some(addr) => Some(
-            metrics::install_exporter(addr).map_err(|e| RunError::CannotStart(e.to_string()))?,
-        ),
+        Some(addr) => {
+            let handle = metrics::install_exporter(addr)
+                .map_err(|e| RunError::CannotStart(e.to_string()))?;
+            info!("Prometheus metrics served at http://{addr}/metrics");
+            Some(handle)
+        }
         None => None,
     };
     let emulator_faults = emulator_faults(scenario);

@@ -359,6 +359,9 @@ impl Report {
             let _ = writeln!(out, "  {:<34}{:>9}", count.name, count.count);
         }
         let _ = writeln!(out, "what the fleet did");
+        if faults.responses.is_empty() && faults.devices_failed.is_empty() {
+            let _ = writeln!(out, "  (nothing)");
+        }
         for count in &faults.responses {
             let _ = writeln!(out, "  {:<34}{:>9}", count.name, count.count);
         }
@@ -379,13 +382,13 @@ impl Report {
     fn write_verdicts(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "\n{:<56}{:>14}{:>16}  verdict",
+            "\n{:<70}{:>14}{:>16}  verdict",
             "objective", "measured", "threshold"
         );
         for verdict in &self.slo {
             let _ = writeln!(
                 out,
-                "{:<56}{:>14}{:>16}  {}",
+                "{:<70}{:>14}{:>16}  {}",
                 verdict.name,
                 cell(verdict.measured),
                 threshold(verdict),
