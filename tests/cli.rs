@@ -74,14 +74,22 @@ fn a_missing_scenario_file_cannot_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.yaml"));
 }
 
-#[test]
-fn a_report_into_a_missing_folder_cannot_start() {
+/// `fleetsim run` of a small scenario with `extra` arguments, which must
+/// refuse to start (exit 2); returns what it printed.
+fn cannot_start_with(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "small.yaml", SMALL);
-    let args = ["run", &file, "--no-metrics", "--report", "nodir/r.json"];
+    let mut args = vec!["run", &file, "--no-metrics"];
+    args.extend_from_slice(extra);
     let out = fleetsim(&args, dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_report_into_a_missing_folder_cannot_start() {
+    let stderr = cannot_start_with(&["--report", "nodir/r.json"]);
     assert!(
         stderr.contains("--report nodir/r.json: the folder nodir does not exist"),
         "{stderr}"
@@ -90,18 +98,7 @@ fn a_report_into_a_missing_folder_cannot_start() {
 
 #[test]
 fn an_emulator_connect_quota_is_refused_rather_than_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "small.yaml", SMALL);
-    let args = [
-        "run",
-        &file,
-        "--no-metrics",
-        "--emulator-quota",
-        "connect=1",
-    ];
-    let out = fleetsim(&args, dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = cannot_start_with(&["--emulator-quota", "connect=1"]);
     assert!(
         stderr.contains("the emulator does not throttle MQTT connects"),
         "{stderr}"
@@ -126,19 +123,8 @@ fn a_metrics_address_in_use_cannot_start_and_says_so_instead_of_panicking() {
 
 #[test]
 fn a_source_address_not_on_this_machine_cannot_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "small.yaml", SMALL);
     // 192.0.2.0/24 is reserved for documentation: no machine has it.
-    let args = [
-        "run",
-        &file,
-        "--no-metrics",
-        "--source-addresses",
-        "192.0.2.1",
-    ];
-    let out = fleetsim(&args, dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = cannot_start_with(&["--source-addresses", "192.0.2.1"]);
     assert!(
         stderr.contains("source address 192.0.2.1 cannot be used"),
         "{stderr}"

@@ -3,6 +3,8 @@
 //! RSA key generation is slow in debug builds, hence the longer run: every
 //! device must still rotate once after provisioning.
 
+mod support;
+
 use std::path::Path;
 
 use fleetsim::emulator::registry::CertificateStatus;
@@ -10,23 +12,18 @@ use fleetsim::run::{RunOptions, execute};
 use fleetsim::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
-const SCENARIO: &str = r#"
+fn scenario_text() -> String {
+    format!(
+        r#"
 name: e2e-rsa
 fleet:
   size: 8
-  serial_pattern: "rsa-{seq:02}"
+  serial_pattern: "rsa-{{seq:02}}"
 arrival:
   rate: 20/s
 provisioning:
   method: create_keys
-clock:
-  speedup: 432000
-certificates:
-  validity: 30d
-rotation:
-  check_every: 12h
-  renew_before: 10d
-telemetry:
+{month}telemetry:
   interval: 1s
 run:
   duration: 12s
@@ -36,11 +33,15 @@ credentials:
 slo:
   max_failure_ratio: 0
   min_rotations_per_device: 1
-"#;
+"#,
+        month = support::MONTH_IN_SIX_SECONDS
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_provision_and_rotate_with_server_generated_rsa_keys() {
-    let scenario = Scenario::parse(SCENARIO, Path::new("rsa.yaml")).expect("valid scenario");
+    let scenario =
+        Scenario::parse(&scenario_text(), Path::new("rsa.yaml")).expect("valid scenario");
     let summary = execute(&scenario, &RunOptions::default(), CancellationToken::new())
         .await
         .expect("the run starts");
