@@ -118,7 +118,7 @@ fn bad_durations_and_rates_are_refused_at_their_values() {
     check(&[
         (
             with("duration: 10s", "duration: 10"),
-            "F:7:13: run.duration: `10` has no unit; add one, e.g. 10s (units: ms, s, m, h, d)",
+            "F:7:13: run.duration: `10` has no unit; add one, e.g. 10s (units: ms, s, m or min, h, d)",
         ),
         (
             with("duration: 10s", "duration: -5s"),

@@ -267,7 +267,7 @@ fn a_bare_number_duration_is_told_to_add_a_unit() {
     assert_eq!((line, column, field.as_str()), (7, 13, "run.duration"));
     assert_eq!(
         reason,
-        "`10` has no unit; add one, e.g. 10s (units: ms, s, m, h, d)"
+        "`10` has no unit; add one, e.g. 10s (units: ms, s, m or min, h, d)"
     );
 }
 
