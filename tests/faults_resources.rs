@@ -71,19 +71,20 @@ async fn run_and_shut_down(dir: &Path, name: &str) {
     emulator.shutdown().await;
 }
 
-/// Waits (event by event, up to a generous deadline) for `count` to reach
-/// `expected`, then asserts it.
-async fn settle(what: &str, expected: usize, count: impl Fn() -> usize) {
+/// Waits (event by event, up to a generous deadline) for `count` to come
+/// down to `limit`, then asserts it. At most, not exactly: something the
+/// warm-up run left winding down when the limit was read may end later.
+async fn settle(what: &str, limit: usize, count: impl Fn() -> usize) {
     for _ in 0..300 {
-        if count() == expected {
+        if count() <= limit {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        count(),
-        expected,
-        "{what} did not return to their starting count"
+    let left = count();
+    assert!(
+        left <= limit,
+        "{what} did not return to their starting count: {left} > {limit}"
     );
 }
 
