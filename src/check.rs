@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
@@ -56,8 +57,15 @@ pub async fn final_check(
         rotations_per_device: identified.iter().map(|o| o.rotations).collect(),
         ..FinalCheck::default()
     };
-    for ((outcome, current), retired) in identified.iter().zip(currents).zip(retired) {
-        let current = judge_expired(context, outcome, current, stopped_at).await;
+    // Concurrently: the control plane bounds its own calls in flight.
+    let judged = join_all(
+        identified
+            .iter()
+            .zip(currents)
+            .map(|(outcome, current)| judge_expired(context, outcome, current, stopped_at)),
+    )
+    .await;
+    for ((outcome, current), retired) in identified.iter().zip(judged).zip(retired) {
         let device = DeviceCheck { current, retired };
         if let Some(reason) = device.inconclusive() {
             debug!(
